@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Serves the API on http://localhost:8787 in workerd (wrangler dev), KV and R2 persisted under .state/.
+# With REPRISE_GPU_BACKEND=1 it also starts the GPU backend (on CPU here) and routes heavy steps to it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+vars=()
+if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
+  secret_file=.state/backend-secret
+  [ -f "$secret_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
+  gpu-backend/.venv/bin/python -m reprise_gpu.server --model smollm2-135m --device "${REPRISE_DEVICE:-cpu}" \
+    --port 8600 --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json &
+  trap 'kill $! 2>/dev/null' EXIT
+  vars=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
+fi
+echo "API key: $(cat .state/local-api-key 2>/dev/null || echo 'run node scripts/create_key.mjs')"
+npx wrangler dev --persist-to .state --ip 127.0.0.1 --port 8787 "${vars[@]}"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone: Node and Python environments, the model package, the edge model conversion,
+# local storage seeded with the model and a local API key. Idempotent: each step skips work already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "npm packages"
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+
+step "python environment (uv, locked)"
+command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+(cd gpu-backend && uv sync --all-extras --frozen -q)
+
+step "edge model: GGUF -> HF -> ONNX int4"
+gpu-backend/.venv/bin/python scripts/convert_edge_model.py --out .models
+
+step "local storage: model into R2, a local API key"
+node scripts/seed_local_storage.mjs
+if [ ! -f .state/local-api-key ]; then
+  node scripts/create_key.mjs --tenant local --name quickstart --save .state/local-api-key
+fi
+echo "setup done; local API key in .state/local-api-key"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command runs this after setup: every suite, in one go.
+#   1. gpu-backend (pytest, CPU): model vs HF reference, paged attention, Triton kernels under
+#      TRITON_INTERPRET=1, scheduler, server, codec, speculator determinism.
+#   2. the Worker (vitest inside workerd), with the real GPU backend started on CPU for the
+#      dispatch tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=gpu-backend/.venv/bin/python
+status=0
+
+echo "== gpu-backend: pytest"
+(cd gpu-backend && .venv/bin/python -m pytest -q -p no:cacheprovider tests) || status=1
+
+echo "== starting the GPU backend on CPU for the edge dispatch tests"
+mkdir -p .state
+secret_file=.state/backend-secret
+[ -f "$secret_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
+port=${REPRISE_BACKEND_PORT:-8601}
+$PY -m reprise_gpu.server --model smollm2-135m --device cpu --port "$port" \
+  --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json > .state/backend-test.log 2>&1 &
+backend_pid=$!
+trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+  kill -0 $backend_pid 2>/dev/null || { echo "backend died:"; cat .state/backend-test.log; break; }
+  sleep 1
+done
+
+echo "== edge: vitest in workerd"
+REPRISE_TEST_BACKEND_URL="http://127.0.0.1:$port" REPRISE_TEST_BACKEND_SECRET="$(cat "$secret_file")" \
+  npx vitest run || status=1
+
+exit $status
