@@ -1,0 +1,42 @@
+/**
+ * Bindings and per-request variables of the Worker.
+ *
+ * `Env` comes from `wrangler types` (worker-configuration.d.ts). Its var types depend on the flags
+ * it was generated with (literal types under `--strict-vars`), so the vars are restated here as
+ * plain strings, and the one secret (`GPU_BACKEND_SECRET`, set with `wrangler secret put` or
+ * `--var`, never in wrangler.toml) is added.
+ */
+export type Bindings = Omit<
+  Env,
+  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES"
+> & {
+  /** Base URL of the GPU backend; empty means every step runs on the edge model. */
+  GPU_BACKEND_URL: string;
+  /** R2 key of the edge ONNX model in BLOBS. */
+  EDGE_MODEL_KEY: string;
+  /** Default per-key request limit; an API key record may carry its own. */
+  RATE_LIMIT_PER_MINUTE: string;
+  /** Largest accepted request body in bytes (413 above it). */
+  MAX_BODY_BYTES: string;
+  /** Shared HMAC secret for the GPU backend (hex or text). */
+  GPU_BACKEND_SECRET?: string;
+  /** Comma-separated models the GPU backend serves (defaults to the edge model's id). */
+  GPU_BACKEND_MODELS?: string;
+};
+
+/** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */
+export interface ApiKeyRecord {
+  tenant: string;
+  name: string;
+  created: number;
+  /** Optional per-key override of RATE_LIMIT_PER_MINUTE. */
+  rateLimitPerMinute?: number;
+}
+
+export type AppEnv = {
+  Bindings: Bindings;
+  Variables: {
+    /** The authenticated key: its record and the hex SHA-256 that names it. */
+    apiKey: ApiKeyRecord & { hash: string };
+  };
+};

@@ -1,0 +1,39 @@
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import type { MiddlewareHandler } from "hono";
+import type { AppEnv, Bindings } from "./env";
+import { HttpError, notFound, onError } from "./errors";
+import { auth } from "./middleware/auth";
+import { rateLimit } from "./middleware/rate-limit";
+import { chat } from "./routes/chat";
+import { models } from "./routes/models";
+import { sessions } from "./routes/sessions";
+
+/** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
+function maxBody(): MiddlewareHandler<AppEnv> {
+  return async function maxBody(c, next) {
+    const max = Number(c.env.MAX_BODY_BYTES) || 1 << 20;
+    return bodyLimit({
+      maxSize: max,
+      onError: () => {
+        throw new HttpError(413, {
+          message: `Request body too large: the limit is ${max} bytes.`,
+          code: "request_too_large",
+        });
+      },
+    })(c, next);
+  };
+}
+
+export const app = new Hono<AppEnv>();
+
+app.use("/v1/*", auth(), rateLimit(), maxBody());
+app.route("/v1/chat/completions", chat);
+app.route("/v1/models", models);
+app.route("/v1/sessions", sessions);
+app.notFound(notFound);
+app.onError(onError);
+
+export default {
+  fetch: (req, env, ctx) => app.fetch(req, env, ctx),
+} satisfies ExportedHandler<Bindings>;

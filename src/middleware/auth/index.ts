@@ -1,0 +1,81 @@
+import type { MiddlewareHandler } from "hono";
+import type { ApiKeyRecord, AppEnv } from "../../env";
+import { HttpError } from "../../errors";
+
+/** KV key under which an API key's record is stored: only the SHA-256 of the key is ever kept. */
+export const apiKeyKvKey = (hashHex: string) => `key:${hashHex}`;
+
+/**
+ * Hex SHA-256 of an API key, as stored in KV.
+ *
+ * @example
+ * ```ts
+ * await sha256Hex("rpk_abc") // "5c2e…" (64 hex chars)
+ * ```
+ */
+export async function sha256Hex(data: string | Uint8Array): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Makes a new API key and stores its hash; returns the key, which is shown once and never stored.
+ *
+ * @example
+ * ```ts
+ * const key = await createApiKey(env.SESSIONS, { tenant: "acme", name: "ci" });
+ * ```
+ */
+export async function createApiKey(
+  kv: KVNamespace,
+  rec: Omit<ApiKeyRecord, "created"> & { created?: number },
+): Promise<string> {
+  const key = newApiKey();
+  const record: ApiKeyRecord = { ...rec, created: rec.created ?? Math.floor(Date.now() / 1000) };
+  await kv.put(apiKeyKvKey(await sha256Hex(key)), JSON.stringify(record));
+  return key;
+}
+
+/** `rpk_` followed by 32 random bytes in hex. */
+export function newApiKey(): string {
+  const raw = crypto.getRandomValues(new Uint8Array(32));
+  return "rpk_" + [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export interface AuthOptions {
+  /** How long a Worker location may serve a key record from its KV cache (seconds, >= 60). */
+  cacheTtl?: number;
+}
+
+/**
+ * Bearer API-key authentication: hashes the presented key and looks up `key:<hash>` in SESSIONS.
+ * Sets `c.var.apiKey`. Any failure is a 401 without saying which part failed.
+ *
+ * @example
+ * ```ts
+ * app.use("/v1/*", auth());
+ * ```
+ */
+export function auth(opts: AuthOptions = {}): MiddlewareHandler<AppEnv> {
+  const cacheTtl = Math.max(60, opts.cacheTtl ?? 60);
+  return async function auth(c, next) {
+    const header = c.req.header("authorization") ?? "";
+    // RFC 6750 §2.1: `Bearer` is case-insensitive, the token follows one space.
+    const m = /^bearer +(\S+) *$/i.exec(header);
+    if (!m) throw unauthorized("Missing bearer API key in the Authorization header.");
+    const hash = await sha256Hex(m[1]!);
+    const record = await c.env.SESSIONS.get<ApiKeyRecord>(apiKeyKvKey(hash), { type: "json", cacheTtl });
+    if (!record || typeof record.tenant !== "string") throw unauthorized("Incorrect API key provided.");
+    c.set("apiKey", { ...record, hash });
+    await next();
+  };
+}
+
+function unauthorized(message: string) {
+  return new HttpError(401, {
+    message,
+    code: "invalid_api_key",
+    headers: { "WWW-Authenticate": 'Bearer realm="reprise"' },
+  });
+}

@@ -1,0 +1,237 @@
+/**
+ * Session records in the SESSIONS KV, KV-cache chunks in R2, and the per-session turn lease.
+ *
+ *   session:<id>           SessionRecord (JSON): transcript, token ids, chunk list, revision
+ *   lease:<id>             Lease (JSON): the turn in flight, if any
+ *   sessions/<id>/<n>.kv   (R2) chunk n, written once with a create-only precondition, never rewritten
+ *
+ * Concurrency. A turn (1) reads the record, (2) takes the lease if none is live, (3) generates,
+ * (4) creates its chunk object in R2 only if that key does not exist, (5) re-reads the record and
+ * writes it with `revision + 1` only if the revision is still the one the lease was taken at,
+ * (6) drops the lease. A second turn that finds a live lease gets 409 `session_busy`.
+ *
+ * KV is eventually consistent and has no compare-and-set: a read in one location can miss a write
+ * made elsewhere for up to ~60 s, and two turns that both read "no lease" before either write lands
+ * both believe they hold it. The read-back after writing the lease narrows that window; the R2
+ * create-only put (R2 is strongly consistent and checks the precondition atomically) closes it for
+ * turns that produce a chunk, since both would claim the same chunk number; the revision check in
+ * step 5 catches the rest in all but a last-moment race between two record writes. So in one
+ * location (and in workerd/miniflare, whose KV is strongly consistent) no turn is lost; across
+ * locations a lost update stays possible in principle. In production each session would be a
+ * Durable Object: a single-threaded owner that serializes turns and stores the record
+ * transactionally, with R2 still holding the chunks.
+ */
+import type { ChatMessage } from "../schemas";
+import { HttpError } from "../errors";
+
+/** One stored KV-cache chunk: the KV of tokens [tokenStart, tokenEnd) for all layers. */
+export interface ChunkRef {
+  r2Key: string;
+  tokenStart: number;
+  tokenEnd: number;
+  /** Fingerprint of what the bytes depend on (model, dtype, backend); see docs/kv-chunk-format.md. */
+  producer: string;
+  /** Hex SHA-256 of the whole container object as stored in R2. */
+  sha256: string;
+  bytes: number;
+}
+
+export interface SessionRecord {
+  id: string;
+  tenant: string;
+  created: number;
+  /** Bumped by every committed turn; a turn commits only over the revision it started from. */
+  revision: number;
+  turns: number;
+  /** The whole transcript, including the assistant's replies. */
+  messages: ChatMessage[];
+  /** Token ids of the conversation so far (prompt + generated) — what the chunks cover a prefix of. */
+  tokenIds: number[];
+  /** Contiguous from token 0, in order. */
+  chunks: ChunkRef[];
+  /** Number for the next chunk object; never reused, even when chunks are dropped. */
+  nextChunk: number;
+}
+
+export interface Lease {
+  holder: string;
+  revision: number;
+  expires: number;
+}
+
+/** Longest a turn may hold a session; a crashed turn blocks the session at most this long. */
+export const LEASE_TTL_S = 300;
+
+const recordKey = (id: string) => `session:${id}`;
+const leaseKey = (id: string) => `lease:${id}`;
+export const chunkPrefix = (id: string) => `sessions/${id}/`;
+export const chunkKey = (id: string, n: number) => `sessions/${id}/${n}.kv`;
+
+export function newSessionId(): string {
+  const raw = crypto.getRandomValues(new Uint8Array(16));
+  return "sess_" + [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function createSession(kv: KVNamespace, tenant: string): Promise<SessionRecord> {
+  const rec: SessionRecord = {
+    id: newSessionId(),
+    tenant,
+    created: Math.floor(Date.now() / 1000),
+    revision: 0,
+    turns: 0,
+    messages: [],
+    tokenIds: [],
+    chunks: [],
+    nextChunk: 0,
+  };
+  await putRecord(kv, rec);
+  return rec;
+}
+
+/** The session if it exists and belongs to `tenant`; otherwise 404 (another tenant's id is not revealed). */
+export async function getSession(kv: KVNamespace, id: string, tenant: string): Promise<SessionRecord> {
+  const rec = await kv.get<SessionRecord>(recordKey(id), "json");
+  if (!rec || rec.tenant !== tenant) throw sessionNotFound(id);
+  return rec;
+}
+
+export function putRecord(kv: KVNamespace, rec: SessionRecord): Promise<void> {
+  return kv.put(recordKey(rec.id), JSON.stringify(rec));
+}
+
+/** Deletes the record first (new turns then 404, an in-flight turn's commit fails), then every blob. */
+export async function deleteSession(kv: KVNamespace, r2: R2Bucket, id: string, tenant: string): Promise<number> {
+  await getSession(kv, id, tenant);
+  await kv.delete(recordKey(id));
+  let deleted = 0;
+  let cursor: string | undefined;
+  do {
+    const page = await r2.list({ prefix: chunkPrefix(id), cursor });
+    if (page.objects.length) await r2.delete(page.objects.map((o) => o.key));
+    deleted += page.objects.length;
+    cursor = page.truncated ? page.cursor : undefined;
+  } while (cursor);
+  await kv.delete(leaseKey(id));
+  return deleted;
+}
+
+/**
+ * Takes the turn lease for `rec`, or throws 409 `session_busy` when another turn holds a live one.
+ *
+ * @example
+ * ```ts
+ * const lease = await acquireLease(env.SESSIONS, rec);
+ * try { ... } finally { await releaseLease(env.SESSIONS, rec.id, lease); }
+ * ```
+ */
+export async function acquireLease(kv: KVNamespace, rec: SessionRecord): Promise<Lease> {
+  const now = Date.now();
+  const cur = await kv.get<Lease>(leaseKey(rec.id), "json");
+  if (cur && cur.expires > now) throw sessionBusy(rec.id);
+  const lease: Lease = { holder: crypto.randomUUID(), revision: rec.revision, expires: now + LEASE_TTL_S * 1000 };
+  await kv.put(leaseKey(rec.id), JSON.stringify(lease), { expirationTtl: LEASE_TTL_S });
+  // Read back: if another turn's write landed after ours, it holds the lease, not us.
+  const back = await kv.get<Lease>(leaseKey(rec.id), "json");
+  if (!back || back.holder !== lease.holder) throw sessionBusy(rec.id);
+  return lease;
+}
+
+/** Drops the lease if it is still ours (a lease that expired and was retaken is left alone). */
+export async function releaseLease(kv: KVNamespace, id: string, lease: Lease): Promise<void> {
+  const cur = await kv.get<Lease>(leaseKey(id), "json");
+  if (cur && cur.holder === lease.holder) await kv.delete(leaseKey(id));
+}
+
+/** Raw chunk bytes with what the record will say about them. */
+export interface NewChunk {
+  bytes: Uint8Array;
+  tokenStart: number;
+  tokenEnd: number;
+  producer: string;
+  sha256: string;
+}
+
+/**
+ * Commits a finished turn: creates the chunk object (create-only), then writes the record with
+ * `revision + 1` if nobody committed since the lease was taken. Throws 409 `session_busy` on a
+ * conflict and 404 if the session was deleted meanwhile; in both cases our blob is removed again.
+ */
+export async function commitTurn(
+  kv: KVNamespace,
+  r2: R2Bucket,
+  lease: Lease,
+  next: Omit<SessionRecord, "revision" | "nextChunk" | "chunks"> & { chunks: ChunkRef[]; nextChunk: number },
+  chunk: NewChunk | null,
+): Promise<SessionRecord> {
+  let nextChunk = next.nextChunk;
+  const chunks = [...next.chunks];
+  let written: string | null = null;
+  if (chunk) {
+    written = await createChunkObject(r2, next.id, nextChunk, chunk, lease);
+    chunks.push({
+      r2Key: written,
+      tokenStart: chunk.tokenStart,
+      tokenEnd: chunk.tokenEnd,
+      producer: chunk.producer,
+      sha256: chunk.sha256,
+      bytes: chunk.bytes.byteLength,
+    });
+    nextChunk += 1;
+  }
+  const fresh = await kv.get<SessionRecord>(recordKey(next.id), "json");
+  if (!fresh || fresh.tenant !== next.tenant || fresh.revision !== lease.revision) {
+    if (written) await r2.delete(written);
+    if (!fresh || fresh.tenant !== next.tenant) throw sessionNotFound(next.id);
+    throw sessionBusy(next.id);
+  }
+  const rec: SessionRecord = { ...next, chunks, nextChunk, revision: lease.revision + 1 };
+  await putRecord(kv, rec);
+  return rec;
+}
+
+async function createChunkObject(r2: R2Bucket, id: string, n: number, chunk: NewChunk, lease: Lease): Promise<string> {
+  const key = chunkKey(id, n);
+  const put = () =>
+    r2.put(key, chunk.bytes, {
+      // If-None-Match: * — create-only, so a chunk is never overwritten (append-only).
+      onlyIf: { etagDoesNotMatch: "*" },
+      sha256: chunk.sha256,
+      customMetadata: { lease: lease.holder, tokenStart: String(chunk.tokenStart), tokenEnd: String(chunk.tokenEnd) },
+    });
+  if (await put()) return key;
+  // The number is taken. Either a concurrent turn wrote it (busy), or a turn died between its blob
+  // and its record write; such an orphan is older than any live lease and no record lists it.
+  const head = await r2.head(key);
+  if (head && Date.now() - head.uploaded.getTime() > LEASE_TTL_S * 1000) {
+    await r2.delete(key);
+    if (await put()) return key;
+  }
+  throw sessionBusy(id);
+}
+
+export function sessionNotFound(id: string) {
+  return new HttpError(404, { message: `No session '${id}'.`, param: "session_id", code: "session_not_found" });
+}
+
+export function sessionBusy(id: string) {
+  return new HttpError(409, {
+    message: `Another turn on session '${id}' is in flight; retry when it has finished.`,
+    param: "session_id",
+    code: "session_busy",
+  });
+}
+
+/** What `GET /v1/sessions/:id` shows. */
+export function sessionView(rec: SessionRecord) {
+  return {
+    id: rec.id,
+    object: "session",
+    created: rec.created,
+    turns: rec.turns,
+    tokens: rec.tokenIds.length,
+    cached_tokens: rec.chunks.length ? rec.chunks[rec.chunks.length - 1]!.tokenEnd : 0,
+    chunks: rec.chunks.length,
+    stored_bytes: rec.chunks.reduce((s, c) => s + c.bytes, 0),
+    messages: rec.messages,
+  };
+}
