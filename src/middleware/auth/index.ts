@@ -46,7 +46,13 @@ export function newApiKey(): string {
 export interface AuthOptions {
   /** How long a Worker location may serve a key record from its KV cache (seconds, >= 60). */
   cacheTtl?: number;
+  /** How long an isolate keeps a key record in memory (ms); 0 turns the memory cache off. */
+  memoryTtlMs?: number;
 }
+
+/** Isolate-local cache of key records: hash -> record and when it stops being trusted. */
+const memory = new Map<string, { record: ApiKeyRecord; until: number }>();
+const MEMORY_MAX = 1024;
 
 /**
  * Bearer API-key authentication: hashes the presented key and looks up `key:<hash>` in SESSIONS.
@@ -59,17 +65,35 @@ export interface AuthOptions {
  */
 export function auth(opts: AuthOptions = {}): MiddlewareHandler<AppEnv> {
   const cacheTtl = Math.max(60, opts.cacheTtl ?? 60);
+  // A revoked key keeps working for at most cacheTtl (KV's edge cache) plus this.
+  const memoryTtlMs = opts.memoryTtlMs ?? 10_000;
   return async function auth(c, next) {
     const header = c.req.header("authorization") ?? "";
     // RFC 6750 §2.1: `Bearer` is case-insensitive, the token follows one space.
     const m = /^bearer +(\S+) *$/i.exec(header);
     if (!m) throw unauthorized("Missing bearer API key in the Authorization header.");
     const hash = await sha256Hex(m[1]!);
-    const record = await c.env.SESSIONS.get<ApiKeyRecord>(apiKeyKvKey(hash), { type: "json", cacheTtl });
-    if (!record || typeof record.tenant !== "string") throw unauthorized("Incorrect API key provided.");
+    const record = await lookup(c.env.SESSIONS, hash, cacheTtl, memoryTtlMs);
+    if (!record) throw unauthorized("Incorrect API key provided.");
     c.set("apiKey", { ...record, hash });
     await next();
   };
+}
+
+async function lookup(kv: KVNamespace, hash: string, cacheTtl: number, memoryTtlMs: number) {
+  const now = Date.now();
+  const hit = memory.get(hash);
+  if (hit && hit.until > now) return hit.record;
+  const record = await kv.get<ApiKeyRecord>(apiKeyKvKey(hash), { type: "json", cacheTtl });
+  if (!record || typeof record.tenant !== "string") {
+    memory.delete(hash);
+    return null;
+  }
+  if (memoryTtlMs > 0) {
+    if (memory.size >= MEMORY_MAX) memory.delete(memory.keys().next().value!);
+    memory.set(hash, { record, until: now + memoryTtlMs });
+  }
+  return record;
 }
 
 function unauthorized(message: string) {

@@ -49,5 +49,14 @@ describe("Rate Limit Middleware", () => {
       const res = await app.request("/", {}, env);
       expect(res.headers.get("x-ratelimit-limit-requests")).toBe(String(limit));
     });
+
+    it("should count what other isolates wrote to KV, and write its own count back", async () => {
+      const clock = { t: 4_000 * 60_000 };
+      const app = appAt(clock, 5);
+      await env.SESSIONS.put(`rl:h5:4000`, "4", { expirationTtl: 120 });
+      expect((await app.request("/", {}, env)).status).toBe(200);
+      expect((await app.request("/", {}, env)).status).toBe(429);
+      expect(await env.SESSIONS.get(`rl:h5:4000`)).toBe("5");
+    });
   });
 });
