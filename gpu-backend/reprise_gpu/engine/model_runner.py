@@ -1,0 +1,172 @@
+"""Turns a scheduled batch into model inputs, runs the model and samples the next tokens.
+
+Mixed and prefill steps run eagerly. On CUDA, pure-decode steps replay a CUDA graph captured per
+batch size in GRAPH_BATCH_SIZES (the batch is padded up to the next size; padded rows read and write
+only the reserved block 0). Inputs reach a graph through two pinned host buffers and three H2D copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.llama import AttnMetadata, alloc_kv_cache
+from . import kv_io
+from .block_manager import NULL_BLOCK
+from .sampling import make_generator, sample
+from .scheduler import ScheduledBatch
+from .sequence import Sequence
+
+GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int, max_model_len: int,
+                 max_num_seqs: int, dtype: torch.dtype, device: torch.device | str, cuda_graphs: bool = True):
+        self.model = model
+        self.args = model.args
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.kv_cache = alloc_kv_cache(self.args, num_blocks, block_size, dtype, self.device)
+        self._weights_sha256: str | None = None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if cuda_graphs and self.device.type == "cuda":
+            self.capture_graphs(max_num_seqs)
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def _host_inputs(self, batch: ScheduledBatch, pad_to: int | None = None):
+        """(i64 [ids | positions | slots], i32 [cu_seqlens | context_lens], block_tables [B, width]) on the host."""
+        bs, seqs, new = self.block_size, batch.seqs, batch.num_new
+        B = len(seqs) if pad_to is None else pad_to
+        T = sum(new) if pad_to is None else pad_to
+        i64 = np.zeros(3 * T, dtype=np.int64)
+        i32 = np.ones(2 * B + 1, dtype=np.int32)
+        width = max(len(s.block_table) for s in seqs)
+        bt = np.full((B, width), NULL_BLOCK, dtype=np.int32)
+        t = 0
+        for b, (s, n) in enumerate(zip(seqs, new)):
+            start = s.num_cached
+            pos = np.arange(start, start + n)
+            table = np.asarray(s.block_table, dtype=np.int64)
+            i64[t:t + n] = s.token_ids[start:start + n]
+            i64[T + t:T + t + n] = pos
+            i64[2 * T + t:2 * T + t + n] = table[pos // bs] * bs + pos % bs
+            i32[b] = t
+            i32[B + 1 + b] = start + n
+            bt[b, :len(table)] = table
+            t += n
+        # padded rows: one token each at position 0, slot 0 (block 0), context 1
+        i32[len(seqs):B + 1] = np.arange(t, t + B - len(seqs) + 1)
+        return i64, i32, bt
+
+    def _eager_inputs(self, batch: ScheduledBatch):
+        i64, i32, bt = self._host_inputs(batch)
+        T, B = len(i64) // 3, len(batch)
+        dev = self.device
+        i64_d = torch.from_numpy(i64).to(dev, non_blocking=True)
+        i32_d = torch.from_numpy(i32).to(dev, non_blocking=True)
+        attn = AttnMetadata(cu_seqlens_q=i32_d[:B + 1], context_lens=i32_d[B + 1:],
+                            block_tables=torch.from_numpy(bt).to(dev, non_blocking=True),
+                            slot_mapping=i64_d[2 * T:], max_seqlen_q=max(batch.num_new),
+                            max_context_len=int(i32[B + 1:].max()))
+        return i64_d[:T], i64_d[T:2 * T], attn
+
+    # ---- run ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> list[int | None]:
+        """Run one step; returns the sampled token for each seq that reached its end, None for the others."""
+        sampling = [i for i in range(len(batch)) if batch.samples(i)]
+        graph_bs = self._graph_size(batch)
+        if graph_bs is not None:
+            logits = self._replay(batch, graph_bs)[:len(batch)]
+        else:
+            ids, pos, attn = self._eager_inputs(batch)
+            hidden = self.model(ids, pos, attn, self.kv_cache)
+            if not sampling:
+                return [None] * len(batch)
+            last = np.cumsum(batch.num_new) - 1
+            idx = torch.from_numpy(last[sampling]).to(self.device, non_blocking=True)
+            logits = self.model.compute_logits(hidden.index_select(0, idx))
+        if graph_bs is not None and len(sampling) < len(batch):
+            logits = logits[sampling]
+        seqs = [batch.seqs[i] for i in sampling]
+        for s in seqs:
+            if s.generator is None and not s.params.greedy:
+                s.generator = make_generator(s.params.seed, self.device)
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        out: list[int | None] = [None] * len(batch)
+        for i, tok in zip(sampling, tokens):
+            out[i] = tok
+        return out
+
+    def _graph_size(self, batch: ScheduledBatch) -> int | None:
+        if not self.graphs or not batch.is_decode:
+            return None
+        return next((s for s in self.graphs if s >= len(batch)), None)
+
+    def _replay(self, batch: ScheduledBatch, bs: int) -> torch.Tensor:
+        i64, i32, bt = self._host_inputs(batch, pad_to=bs)
+        self._h64[:3 * bs].numpy()[:] = i64
+        self._h32[:2 * bs + 1].numpy()[:] = i32
+        w = bt.shape[1]
+        self._hbt[:bs * w].numpy()[:] = bt.reshape(-1)
+        self._d64[:3 * bs].copy_(self._h64[:3 * bs], non_blocking=True)
+        self._d32[:2 * bs + 1].copy_(self._h32[:2 * bs + 1], non_blocking=True)
+        self._dbt[:bs, :w].copy_(self._hbt[:bs * w].view(bs, w), non_blocking=True)
+        graph, logits = self.graphs[bs]
+        graph.replay()
+        return logits
+
+    # ---- CUDA graphs ----------------------------------------------------------------------------
+    def capture_graphs(self, max_num_seqs: int) -> None:
+        sizes = [s for s in GRAPH_BATCH_SIZES if s < max_num_seqs]
+        sizes.append(next((s for s in GRAPH_BATCH_SIZES if s >= max_num_seqs), GRAPH_BATCH_SIZES[-1]))
+        top = max(sizes)
+        dev = self.device
+        # Packed device inputs; a graph of size bs uses the first 3*bs / 2*bs+1 entries.
+        self._d64 = torch.zeros(3 * top, dtype=torch.int64, device=dev)
+        self._d32 = torch.zeros(2 * top + 1, dtype=torch.int32, device=dev)
+        self._dbt = torch.zeros(top, self.max_blocks_per_seq, dtype=torch.int32, device=dev)
+        self._h64 = torch.zeros(3 * top, dtype=torch.int64).pin_memory()
+        self._h32 = torch.zeros(2 * top + 1, dtype=torch.int32).pin_memory()
+        self._hbt = torch.zeros(top * self.max_blocks_per_seq, dtype=torch.int32).pin_memory()
+        pool = None
+        for bs in sorted(sizes, reverse=True):
+            self._d32[:bs + 1] = torch.arange(bs + 1, dtype=torch.int32, device=dev)
+            self._d32[bs + 1:2 * bs + 1] = 1
+            ids, pos = self._d64[:bs], self._d64[bs:2 * bs]
+            attn = AttnMetadata(cu_seqlens_q=self._d32[:bs + 1], context_lens=self._d32[bs + 1:2 * bs + 1],
+                                block_tables=self._dbt[:bs], slot_mapping=self._d64[2 * bs:3 * bs],
+                                max_seqlen_q=1, max_context_len=self.max_model_len)
+            with torch.inference_mode():
+                self.model.compute_logits(self.model(ids, pos, attn, self.kv_cache))   # warm-up (Triton JIT)
+                torch.cuda.synchronize(dev)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self.model.compute_logits(self.model(ids, pos, attn, self.kv_cache))
+            pool = graph.pool()
+            self.graphs[bs] = (graph, logits)
+        self.graphs = dict(sorted(self.graphs.items()))
+        torch.cuda.synchronize(dev)
+
+    # ---- KV in and out --------------------------------------------------------------------------
+    @property
+    def producer(self) -> str:
+        if self._weights_sha256 is None:
+            self._weights_sha256 = kv_io.weights_sha256(self.model)
+        return kv_io.producer_fingerprint(self._weights_sha256, self.dtype, self.device)
+
+    def decode_chunk(self, data: bytes) -> kv_io.KvChunk:
+        a = self.args
+        return kv_io.decode_chunk(data, producer=self.producer, layers=a.n_layers, kv_heads=a.n_kv_heads,
+                                  head_dim=a.head_dim, dtype=self.dtype)
+
+    def restore(self, seq: Sequence) -> None:
+        kv_io.restore(self.kv_cache, seq.block_table, seq.restored, seq.num_restored)
+
+    def export(self, seq: Sequence, start: int, end: int) -> bytes:
+        return kv_io.encode_chunk(kv_io.gather_kv(self.kv_cache, seq.block_table, start, end), start,
+                                  self.producer)

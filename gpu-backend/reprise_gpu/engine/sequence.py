@@ -1,0 +1,81 @@
+"""A request as the engine sees it: token ids, sampling knobs, status and where its KV lives."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from typing import TYPE_CHECKING
+
+from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from .kv_io import KvChunk
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """`token_ids` = prompt + generated. `num_cached` tokens have their K/V in the paged cache;
+    the scheduler feeds the model tokens [num_cached, len) a chunk at a time."""
+
+    def __init__(self, prompt_token_ids: list[int], params: SamplingParams, seq_id: int | None = None):
+        if not prompt_token_ids:
+            raise ValueError("prompt_token_ids must not be empty")
+        self.seq_id = next(_ids) if seq_id is None else seq_id
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.num_cached = 0
+        self.finish_reason: str | None = None   # "stop" | "length" | "abort"
+        self.generator: torch.Generator | None = None
+        # Verified KV chunks covering [0, num_restored): written into fresh blocks when admitted.
+        self.restored: list[KvChunk] = []
+        self.num_restored = 0
+        self.export_kv = False
+        self.kv_chunk: bytes | None = None      # exported at finish when export_kv is set
+        self.num_preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __repr__(self) -> str:
+        return (f"Sequence(id={self.seq_id}, {self.status.value}, len={len(self)}, "
+                f"cached={self.num_cached}, blocks={len(self.block_table)})")
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def completion_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def last_token_id(self) -> int:
+        return self.token_ids[-1]
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_cached
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_uncomputed > 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
