@@ -7,6 +7,8 @@ export const KEYS = {
   a2: "rpk_test_tenant_a_0002",
   b: "rpk_test_tenant_b_0001",
   limited: "rpk_test_limited_0001",
+  /** tenant-a, no rate limit: for tests that send hundreds of requests. */
+  unlimited: "rpk_test_unlimited_0001",
 } as const;
 
 export const BASE = "http://reprise.test";

@@ -10,3 +10,4 @@ await seed(KEYS.a, { tenant: "tenant-a", name: "a" });
 await seed(KEYS.a2, { tenant: "tenant-a", name: "a-second" });
 await seed(KEYS.b, { tenant: "tenant-b", name: "b" });
 await seed(KEYS.limited, { tenant: "tenant-c", name: "limited", rateLimitPerMinute: 2 });
+await seed(KEYS.unlimited, { tenant: "tenant-a", name: "unlimited", rateLimitPerMinute: 0 });
