@@ -1,0 +1,175 @@
+"""Our Llama + GGUF loader vs HF transformers, and paged (chunked) vs one-shot processing, in float32 on CPU.
+
+The HF model is loaded by transformers' own GGUF path (its own dequantize + un-permute), so it checks our
+loader independently of our model code.
+"""
+
+import os
+import random
+
+import pytest
+import torch
+
+from reprise_gpu.config import PRESETS, get_model_args, smollm2_gguf_path
+from reprise_gpu.gguf_loader import load_gguf, permute_rope, random_state_dict, to_hf_state_dict, unpermute_rope
+from reprise_gpu.models.llama import AttnMetadata, alloc_kv_cache, build_model
+
+SYSTEM = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
+          8182, 2, 198]
+PROMPTS = {  # token ids from the GGUF's tokenizer
+    # default system message + "What is the capital of France?" in ChatML with the generation prompt
+    "chat_france": SYSTEM + [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198],
+    "chat_haiku": [1, 4093, 198, 19161, 253, 421, 30614, 563, 260, 3426, 30, 2, 198, 1, 520, 9531, 198],
+    "quick_brown_fox": [504, 2365, 6354, 16438],
+    "def_fibonacci": [1604, 3987, 46477, 24, 94, 727],
+}
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def ours():
+    args, sd = load_gguf(smollm2_gguf_path(), dtype=torch.float32)
+    return args, sd, build_model(args, sd)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    path = smollm2_gguf_path()
+    model = transformers.LlamaForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                          dtype=torch.float32)
+    return model.eval()
+
+
+class PagedRunner:
+    """Drives the model like an engine would: pages from a shuffled pool, one AttnMetadata per step."""
+
+    def __init__(self, model, num_blocks=64, block_size=8, seed=0):
+        self.model, self.block_size = model, block_size
+        self.kv = alloc_kv_cache(model.args, num_blocks, block_size, torch.float32, "cpu")
+        self.free = list(range(num_blocks))
+        random.Random(seed).shuffle(self.free)
+        self.tables, self.lens = {}, {}
+
+    def step(self, chunks: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+        """Append chunks[name] to each sequence; returns each sequence's logits for its new tokens."""
+        ids, pos, new, ctx, tables = [], [], [], [], []
+        for name, toks in chunks.items():
+            past = self.lens.get(name, 0)
+            table = self.tables.setdefault(name, [])
+            while len(table) * self.block_size < past + len(toks):
+                table.append(self.free.pop())
+            ids += toks
+            pos += range(past, past + len(toks))
+            new.append(len(toks))
+            ctx.append(past + len(toks))
+            tables.append(table)
+            self.lens[name] = past + len(toks)
+        attn = AttnMetadata.build(new, ctx, tables, self.block_size)
+        with torch.no_grad():
+            h = self.model(torch.tensor(ids), torch.tensor(pos), attn, self.kv)
+            logits = self.model.compute_logits(h)
+        return dict(zip(chunks, logits.split(new)))
+
+
+def test_gguf_metadata_is_the_preset(ours):
+    assert ours[0] == PRESETS["smollm2-135m"]
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    w = torch.randn(3 * 8, 5)
+    assert torch.equal(unpermute_rope(permute_rope(w, 3), 3), w)
+    # head 0 of a D=4 projection: GGUF rows (0, 1, 2, 3) hold HF rows (0, 2, 1, 3)
+    rows = torch.arange(4.0)[:, None]
+    assert unpermute_rope(rows, 1).flatten().tolist() == [0.0, 2.0, 1.0, 3.0]
+
+
+def test_weights_equal_hf_gguf_loader(ours, hf):
+    args, sd, _ = ours
+    theirs = hf.state_dict()
+    mine = to_hf_state_dict(sd, args)
+    assert set(mine) == set(theirs)
+    for name, w in mine.items():
+        assert torch.equal(w, theirs[name]), name
+
+
+@pytest.fixture(scope="module")
+def ours_greedy(ours):
+    """All prompts prefilled in one flat batch, then NEW_TOKENS batched decode steps (one token per sequence)."""
+    runner = PagedRunner(ours[2])
+    prefill = runner.step(PROMPTS)
+    tokens = {name: [] for name in PROMPTS}
+    logits = prefill
+    for _ in range(NEW_TOKENS):
+        nxt = {name: [int(lg[-1].argmax())] for name, lg in logits.items()}
+        for name, tok in nxt.items():
+            tokens[name] += tok
+        logits = runner.step(nxt)
+    return prefill, tokens
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(hf):
+    """Per prompt: HF's prefill logits and NEW_TOKENS greedy tokens through its own KV cache."""
+    prefill, tokens = {}, {}
+    with torch.no_grad():
+        for name, ids in PROMPTS.items():
+            out = hf(torch.tensor([ids]), use_cache=True)
+            prefill[name] = out.logits[0].float()
+            tokens[name] = []
+            for _ in range(NEW_TOKENS):
+                tokens[name].append(int(out.logits[0, -1].argmax()))
+                out = hf(torch.tensor([[tokens[name][-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return prefill, tokens
+
+
+def test_prefill_logits_close_to_hf(ours_greedy, hf_greedy):
+    for name in PROMPTS:
+        torch.testing.assert_close(ours_greedy[0][name], hf_greedy[0][name], atol=2e-3, rtol=1e-4, msg=name)
+
+
+def test_greedy_tokens_identical_to_hf(ours_greedy, hf_greedy):
+    for name in PROMPTS:
+        assert ours_greedy[1][name] == hf_greedy[1][name], name
+
+
+def test_paged_chunked_and_token_by_token_agree(ours):
+    ids = PROMPTS["chat_haiku"]  # 17 tokens
+    whole = PagedRunner(ours[2], seed=1).step({"s": ids})["s"]
+    runner = PagedRunner(ours[2], seed=2)
+    chunked = torch.cat([runner.step({"s": ids[a:b]})["s"] for a, b in [(0, 7), (7, 16), (16, 17)]])
+    runner = PagedRunner(ours[2], seed=3, block_size=16)
+    stepwise = torch.cat([runner.step({"s": [t]})["s"] for t in ids])
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(stepwise, whole, atol=1e-4, rtol=1e-5)
+
+
+def test_mixed_step_equals_separate_steps():
+    """Decode of one sequence and chunked prefill of another in one step = each one alone (tiny random model)."""
+    args = get_model_args("tiny")
+    model = build_model(args, random_state_dict(args, seed=0, dtype=torch.float32))
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, args.vocab_size, (23,), generator=g).tolist(), \
+        torch.randint(0, args.vocab_size, (41,), generator=g).tolist()
+    together = PagedRunner(model, seed=4)
+    together.step({"a": a[:22], "b": b[:17]})
+    mixed = together.step({"a": a[22:], "b": b[17:]})  # a decodes 1 token, b prefills 24 with 17 in cache
+    alone_a, alone_b = PagedRunner(model, seed=5), PagedRunner(model, seed=6)
+    alone_a.step({"a": a[:22]})
+    alone_b.step({"b": b[:17]})
+    torch.testing.assert_close(mixed["a"], alone_a.step({"a": a[22:]})["a"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed["b"], alone_b.step({"b": b[17:]})["b"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smollm2-135m"])
+def test_random_weights_seeded_and_sane(preset):
+    args = get_model_args(preset, n_layers=2)
+    sd = random_state_dict(args, seed=7, dtype=torch.float32)
+    again = random_state_dict(args, seed=7, dtype=torch.float32)
+    assert all(torch.equal(sd[k], again[k]) for k in sd)
+    assert all(bool((w != 0).any()) for w in sd.values())
+    model = build_model(args, sd)
+    runner = PagedRunner(model)
+    logits = runner.step({"s": list(range(1, 20))})["s"]
+    assert torch.isfinite(logits).all() and 0.1 < logits.std() < 10
