@@ -24,14 +24,36 @@ class ByteTokenizer:
         return None
 
 
-def load_tokenizer(path: str | None, vocab_size: int):
-    """tokenizer.json through `tokenizers`; the byte tokenizer for a vocabulary of at most 256 ids."""
-    if path is not None and os.path.isfile(path):
+def load_tokenizer(path: str | None, vocab_size: int, gguf_path: str | None = None):
+    """tokenizer.json through `tokenizers`; else the GGUF's vocabulary (decode-only); else bytes for <= 256 ids."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer.json not found at {path!r} (the setup writes .models/hf/)")
         from tokenizers import Tokenizer as HfTokenizer
         return HfTokenizer.from_file(path)
+    if gguf_path is not None:
+        return tokenizer_from_gguf(gguf_path)
     if vocab_size <= 256:
         return ByteTokenizer()
-    raise FileNotFoundError(f"tokenizer.json not found at {path!r} (run the setup that writes .models/hf/)")
+    raise FileNotFoundError("no tokenizer: set Config.tokenizer_path")
+
+
+def tokenizer_from_gguf(gguf_path: str):
+    """A byte-level BPE `tokenizers.Tokenizer` from GGUF metadata (gpt2 models), good for decoding ids."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer as HfTokenizer, decoders, models, pre_tokenizers
+
+    fields = GGUFReader(gguf_path).fields
+    if fields["tokenizer.ggml.model"].contents() != "gpt2":
+        raise NotImplementedError("only byte-level BPE (gpt2) GGUF tokenizers are supported; give a tokenizer.json")
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"].contents()]
+    tok = HfTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == 3])  # 3: CONTROL
+    return tok
 
 
 class Detokenizer:

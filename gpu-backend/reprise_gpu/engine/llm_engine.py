@@ -10,7 +10,7 @@ import torch
 from ..config import Config
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
-from .kv_io import ChunkError, restorable_prefix
+from .kv_io import ChunkError, KvChunk, restorable_prefix
 from .model_runner import ModelRunner
 from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler
@@ -57,8 +57,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, num_blocks=config.num_kv_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs)
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer_path,
-                                                                                args.vocab_size)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+            config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
         self.eos_token_ids = {eos} if eos is not None else set()
         self.seqs: dict[int, Sequence] = {}
@@ -67,7 +67,7 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
-                    kv_chunks: list[bytes] = (), export_kv: bool = False, seq_id: int | None = None) -> Sequence:
+                    kv_chunks: list[bytes | KvChunk] = (), export_kv: bool = False, seq_id: int | None = None) -> Sequence:
         """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn; chunks
         that fail verification are ignored (their tokens are recomputed). Raises QueueFull or ValueError."""
         params = params or SamplingParams()
@@ -77,18 +77,26 @@ class LLMEngine:
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        chunks = []
-        for i, data in enumerate(kv_chunks):
-            try:
-                chunks.append(self.runner.decode_chunk(data))
-            except ChunkError as e:
-                log.info("seq %s: KV chunk %d ignored (%s); recomputing its tokens", seq.seq_id, i, e)
+        chunks = self.verify_chunks(kv_chunks, seq.seq_id)
         seq.restored, seq.num_restored = restorable_prefix(chunks, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
         self.seqs[seq.seq_id] = seq
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq
+
+    def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None) -> list[KvChunk]:
+        """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as they are)."""
+        out = []
+        for i, data in enumerate(kv_chunks):
+            if isinstance(data, KvChunk):
+                out.append(data)
+                continue
+            try:
+                out.append(self.runner.decode_chunk(data))
+            except ChunkError as e:
+                log.info("request %s: KV chunk %d ignored (%s); its tokens are recomputed", seq_id, i, e)
+        return out
 
     def abort(self, seq_id: int) -> bool:
         seq = self.seqs.get(seq_id)

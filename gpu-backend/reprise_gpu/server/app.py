@@ -1,0 +1,189 @@
+"""The aiohttp app: POST /v1/generate, GET /healthz, /readyz, /metrics (docs/backend-wire-format.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..config import Config
+from ..engine.llm_engine import LLMEngine
+from ..engine.sampling import SamplingParams
+from ..engine.scheduler import QueueFull
+from . import auth
+from .engine_loop import EngineLoop
+from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 512 << 20        # prompt + KV chunks: ~23 KB per token for SmolLM2, 128 KB for an 8B model
+DISCONNECT_POLL_S = 1.0
+
+@dataclass
+class ServerState:
+    config: Config
+    loop: EngineLoop | None = None       # set once the model is loaded
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    rejected: Counter | None = None
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+class EngineCollector(Collector):
+    """Reads the live engine at scrape time."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    def collect(self):
+        loop = self.state.loop
+        yield GaugeMetricFamily("reprise_model_ready", "1 once the model is loaded", value=float(loop is not None))
+        if loop is None:
+            return
+        bm = loop.engine.block_manager
+        yield GaugeMetricFamily("reprise_queue_depth", "requests waiting for admission", value=loop.queue_depth)
+        yield GaugeMetricFamily("reprise_running_batch_size", "sequences in the running batch", value=loop.running)
+        yield CounterMetricFamily("reprise_generated_tokens", "tokens generated", value=loop.generated_tokens)
+        yield GaugeMetricFamily("reprise_generation_tokens_per_second", "tokens generated per second, last 10 s",
+                                value=loop.tokens_per_second())
+        yield GaugeMetricFamily("reprise_kv_blocks_in_use", "KV cache blocks held by sequences", value=bm.num_used)
+        yield GaugeMetricFamily("reprise_kv_blocks_total", "KV cache blocks sequences can use", value=bm.num_usable)
+        fin = CounterMetricFamily("reprise_requests_finished", "requests finished", labels=["reason"])
+        for reason, n in sorted(loop.finished.items()):
+            fin.add_metric([reason], n)
+        yield fin
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    if st.loop is None:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ready", "model": st.config.model})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    cfg, rejected = st.config, st.rejected
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        rejected.labels("too_large").inc()
+        return error(413, "too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    if cfg.secret is not None:
+        why = auth.verify(cfg.secret.encode(), request.headers.get(auth.TIMESTAMP_HEADER),
+                          request.headers.get(auth.SIGNATURE_HEADER), body)
+        if why is not None:
+            rejected.labels("unauthorized").inc()
+            return error(401, "unauthorized", why)
+    try:
+        req = parse_generate_body(body)
+        params = SamplingParams.from_dict(req.sampling)
+    except (FrameError, ValueError, TypeError) as e:
+        rejected.labels("bad_request").inc()
+        return error(400, "bad_request", str(e))
+    if req.model != cfg.model:
+        rejected.labels("unknown_model").inc()
+        return error(404, "unknown_model", f"this backend serves {cfg.model!r}, not {req.model!r}")
+    loop = st.loop
+    if loop is None:
+        rejected.labels("not_ready").inc()
+        return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
+    try:
+        chunks = await asyncio.get_running_loop().run_in_executor(None, loop.engine.verify_chunks, req.chunks)
+        handle = loop.submit(req.prompt_token_ids, params, chunks)
+        await handle.accepted
+    except QueueFull as e:
+        rejected.labels("queue_full").inc()
+        return error(503, "queue_full", str(e), headers={"Retry-After": "1"})
+    except ValueError as e:
+        rejected.labels("bad_request").inc()
+        return error(400, "bad_request", str(e))
+
+    resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+    done = False
+    try:
+        await resp.prepare(request)
+        while not done:
+            try:
+                ev = await asyncio.wait_for(handle.events.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    break
+                continue
+            if ev[0] == "token":
+                await resp.write(json_frame({"type": "token", "id": ev[1], "text": ev[2]}))
+            elif ev[0] == "kv":
+                await resp.write(frame(KIND_KV, ev[1]))
+            elif ev[0] == "done":
+                await resp.write(json_frame({"type": "done", **ev[1]}))
+                done = True
+            else:
+                await resp.write(json_frame({"type": "error", "error": {"code": "internal", "message": ev[1]}}))
+                done = True
+        if done:
+            await resp.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        if not done:
+            loop.abort(handle.seq_id)
+    return resp
+
+
+def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool = True) -> web.Application:
+    """The server app. With `engine` None the model loads in the background after start-up (/readyz says when)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    st = app[STATE] = ServerState(config)
+    st.registry.register(EngineCollector(st))
+    st.rejected = Counter("reprise_requests_rejected", "requests refused before generation", ["reason"],
+                          registry=st.registry)
+    app.router.add_post("/v1/generate", generate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def start_engine(app: web.Application):
+        async def load():
+            try:
+                await _load()
+            except Exception:
+                log.exception("loading the model failed; /readyz stays 503")
+
+        async def _load():
+            eng = engine
+            if eng is None:
+                eng = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: LLMEngine(config, cuda_graphs=cuda_graphs))
+            await asyncio.get_running_loop().run_in_executor(None, lambda: eng.runner.producer)  # hash weights once
+            loop = EngineLoop(eng, config.max_queue)
+            loop.start()
+            st.loop = loop
+            log.info("model %s ready on %s", config.model, config.device)
+
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+        if st.loop is not None:
+            await st.loop.stop()
+
+    app.cleanup_ctx.append(start_engine)
+    return app

@@ -1,0 +1,147 @@
+"""Runs the engine in a background asyncio task: steps in a worker thread while there is work.
+
+Requests and aborts from handlers are queued and applied between steps, in the event loop's thread,
+so the engine is only ever touched by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..engine.kv_io import KvChunk
+from ..engine.llm_engine import LLMEngine
+from ..engine.sampling import SamplingParams
+from ..engine.scheduler import QueueFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestHandle:
+    seq_id: int
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    chunks: list[KvChunk]
+    accepted: asyncio.Future
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)   # ("token", id, text) | ("kv", bytes) | ("done", dict) | ("error", str)
+
+
+class EngineLoop:
+    TPS_WINDOW_S = 10.0
+
+    def __init__(self, engine: LLMEngine, max_queue: int):
+        self.engine = engine
+        self.max_queue = max_queue
+        self._ids = itertools.count(1)
+        self._adds: list[RequestHandle] = []
+        self._aborts: list[int] = []
+        self._handles: dict[int, RequestHandle] = {}
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+        self._task: asyncio.Task | None = None
+        self._recent: deque[tuple[float, int]] = deque()       # (time, tokens) per step, for tokens/s
+        self.generated_tokens = 0
+        self.finished: dict[str, int] = {}
+
+    # ---- handler side ---------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._adds) + self.engine.scheduler.num_waiting
+
+    @property
+    def running(self) -> int:
+        return self.engine.scheduler.num_running
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0][0] > self.TPS_WINDOW_S:
+            self._recent.popleft()
+        return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
+
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, chunks: list[KvChunk]) -> RequestHandle:
+        """Queue a request; `await handle.accepted` raises ValueError/QueueFull if the engine refuses it."""
+        if self.queue_depth >= self.max_queue:
+            raise QueueFull(f"{self.queue_depth} requests waiting")
+        h = RequestHandle(next(self._ids), prompt_token_ids, params, chunks, asyncio.get_running_loop().create_future())
+        self._adds.append(h)
+        self._wake.set()
+        return h
+
+    def abort(self, seq_id: int) -> None:
+        self._aborts.append(seq_id)
+        self._wake.set()
+
+    # ---- loop side ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    def _apply(self) -> None:
+        adds, self._adds = self._adds, []
+        for h in adds:
+            try:
+                self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.chunks, export_kv=True,
+                                        seq_id=h.seq_id)
+            except (ValueError, QueueFull) as e:
+                if not h.accepted.done():
+                    h.accepted.set_exception(e)
+                continue
+            self._handles[h.seq_id] = h
+            if not h.accepted.done():
+                h.accepted.set_result(h.seq_id)
+        aborts, self._aborts = self._aborts, []
+        for seq_id in aborts:
+            if self.engine.abort(seq_id):
+                self.finished["abort"] = self.finished.get("abort", 0) + 1
+            self._handles.pop(seq_id, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._apply()
+            if not self.engine.has_work():
+                self._wake.clear()
+                if not (self._adds or self._aborts):
+                    await self._wake.wait()
+                continue
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.engine.step)
+            except Exception:
+                log.exception("engine step failed; failing every request in flight")
+                for seq_id, h in list(self._handles.items()):
+                    self.engine.abort(seq_id)
+                    h.events.put_nowait(("error", "internal error in the model step"))
+                self._handles.clear()
+                continue
+            self._recent.append((time.monotonic(), len(outputs)))
+            self.generated_tokens += len(outputs)
+            for out in outputs:
+                h = self._handles.get(out.seq.seq_id)
+                if h is None:
+                    continue
+                h.events.put_nowait(("token", out.token_id, out.text))
+                if out.finished:
+                    seq = out.seq
+                    if seq.kv_chunk is not None:
+                        h.events.put_nowait(("kv", seq.kv_chunk))
+                    h.events.put_nowait(("done", {
+                        "finish_reason": seq.finish_reason,
+                        "usage": {"prompt_tokens": seq.num_prompt_tokens,
+                                  "completion_tokens": seq.num_completion_tokens,
+                                  "cached_tokens": seq.num_restored}}))
+                    self.finished[seq.finish_reason] = self.finished.get(seq.finish_reason, 0) + 1
+                    del self._handles[seq.seq_id]

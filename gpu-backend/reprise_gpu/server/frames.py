@@ -1,0 +1,81 @@
+"""Frames of the edge <-> backend wire format (docs/backend-wire-format.md).
+
+frame = kind (u8) | length (u32 LE) | payload (length bytes)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+WIRE_VERSION = 1
+CONTENT_TYPE = "application/x-reprise-frames"
+FRAME_HEAD = struct.Struct("<BI")
+KIND_JSON = 0x01       # UTF-8 JSON object
+KIND_KV = 0x02         # one KV chunk container (docs/kv-chunk-format.md)
+
+
+class FrameError(ValueError):
+    pass
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return FRAME_HEAD.pack(kind, len(payload)) + payload
+
+
+def json_frame(obj: dict) -> bytes:
+    return frame(KIND_JSON, json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def split_frames(body: bytes) -> list[tuple[int, bytes]]:
+    """All frames of a complete body; raises FrameError on a truncated frame or an unknown kind."""
+    out, off, view = [], 0, memoryview(body)
+    while off < len(body):
+        if off + FRAME_HEAD.size > len(body):
+            raise FrameError("truncated frame header")
+        kind, n = FRAME_HEAD.unpack_from(body, off)
+        off += FRAME_HEAD.size
+        if kind not in (KIND_JSON, KIND_KV):
+            raise FrameError(f"unknown frame kind {kind}")
+        if off + n > len(body):
+            raise FrameError("truncated frame payload")
+        out.append((kind, bytes(view[off:off + n])))
+        off += n
+    return out
+
+
+@dataclass
+class GenerateRequest:
+    model: str
+    prompt_token_ids: list[int]
+    sampling: dict
+    chunks: list[bytes] = field(default_factory=list)
+
+
+def parse_generate_body(body: bytes) -> GenerateRequest:
+    """Body = one JSON header frame, then exactly `chunks` KV frames. Raises FrameError (-> 400)."""
+    frames = split_frames(body)
+    if not frames or frames[0][0] != KIND_JSON:
+        raise FrameError("the first frame must be the JSON request header")
+    try:
+        h = json.loads(frames[0][1].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FrameError(f"request header is not JSON: {e}") from None
+    if not isinstance(h, dict):
+        raise FrameError("request header must be a JSON object")
+    if h.get("version") != WIRE_VERSION:
+        raise FrameError(f"unsupported version {h.get('version')!r}; this backend speaks {WIRE_VERSION}")
+    model, ids, sampling, n = h.get("model"), h.get("prompt_token_ids"), h.get("sampling", {}), h.get("chunks", 0)
+    if not isinstance(model, str):
+        raise FrameError("model must be a string")
+    if not isinstance(ids, list) or not ids or any(type(t) is not int for t in ids):
+        raise FrameError("prompt_token_ids must be a non-empty array of integers")
+    if not isinstance(sampling, dict):
+        raise FrameError("sampling must be an object")
+    if type(n) is not int or n < 0:
+        raise FrameError("chunks must be a non-negative integer")
+    kv = frames[1:]
+    if len(kv) != n or any(kind != KIND_KV for kind, _ in kv):
+        raise FrameError(f"header announces {n} KV chunk frames; the body has {len(kv)} frames after it")
+    return GenerateRequest(model, ids, sampling, [p for _, p in kv])
