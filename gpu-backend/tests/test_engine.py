@@ -105,3 +105,32 @@ def test_length_and_validation():
         eng.add_request([300], GREEDY)                 # outside the vocabulary
     with pytest.raises(ValueError):
         eng.add_request(list(range(10)) * 200, GREEDY)  # longer than max_seq_len (1024)
+
+
+def test_padded_decode_rows_do_not_change_real_rows():
+    """What a CUDA graph of a larger size sees: padding rows write to block 0 and leave the real rows alone."""
+    import torch
+
+    from reprise_gpu.models.llama import AttnMetadata
+
+    eng = tiny_engine()
+    seqs = [eng.add_request(p, SamplingParams(max_tokens=50, temperature=0)) for p in prompts(3)]
+    for _ in range(4):
+        eng.step()
+    batch = eng.scheduler.schedule()
+    assert batch.is_decode and len(batch) == 3
+    runner = eng.runner
+
+    def logits(pad_to):
+        i64, i32, bt = runner._host_inputs(batch, pad_to=pad_to)
+        T = B = len(i64) // 3
+        attn = AttnMetadata(torch.from_numpy(i32[:B + 1]), torch.from_numpy(i32[B + 1:]), torch.from_numpy(bt),
+                            torch.from_numpy(i64[2 * T:]), 1, eng.max_model_len)
+        with torch.inference_mode():
+            h = runner.model(torch.from_numpy(i64[:T]), torch.from_numpy(i64[T:2 * T]), attn, runner.kv_cache)
+            return runner.model.compute_logits(h)
+
+    ref = logits(None)
+    padded = logits(8)
+    assert padded.shape[0] == 8 and torch.equal(padded[:3], ref)
+    assert all(0 not in s.block_table for s in seqs)

@@ -38,28 +38,41 @@ class ModelRunner:
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _host_inputs(self, batch: ScheduledBatch, pad_to: int | None = None):
-        """(i64 [ids | positions | slots], i32 [cu_seqlens | context_lens], block_tables [B, width]) on the host."""
+        """(i64 [ids | positions | slots], i32 [cu_seqlens | context_lens], block_tables [B, width]) on the host.
+
+        Padded rows (pad_to > len(batch)): one token each at position 0, slot 0 (block 0), context 1.
+        """
         bs, seqs, new = self.block_size, batch.seqs, batch.num_new
-        B = len(seqs) if pad_to is None else pad_to
-        T = sum(new) if pad_to is None else pad_to
+        nseq = len(seqs)
+        B = nseq if pad_to is None else pad_to
+        if batch.is_decode:
+            T = B
+            pos = [s.num_cached for s in seqs]
+            ids = [s.token_ids[p] for s, p in zip(seqs, pos)]
+            slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
+            cu = range(B + 1)
+        else:
+            T = sum(new)
+            ids, pos, slots, cu = [], [], [], [0]
+            for s, n in zip(seqs, new):
+                start = s.num_cached
+                p = range(start, start + n)
+                ids += s.token_ids[start:start + n]
+                pos += p
+                slots += [s.block_table[q // bs] * bs + q % bs for q in p]
+                cu.append(cu[-1] + n)
         i64 = np.zeros(3 * T, dtype=np.int64)
+        i64[:len(ids)] = ids
+        i64[T:T + len(pos)] = pos
+        i64[2 * T:2 * T + len(slots)] = slots
         i32 = np.ones(2 * B + 1, dtype=np.int32)
+        i32[:len(cu)] = cu
+        i32[len(cu):B + 1] = np.arange(cu[-1] + 1, cu[-1] + 1 + B + 1 - len(cu))
+        i32[B + 1:B + 1 + nseq] = [s.num_cached + n for s, n in zip(seqs, new)]
         width = max(len(s.block_table) for s in seqs)
         bt = np.full((B, width), NULL_BLOCK, dtype=np.int32)
-        t = 0
-        for b, (s, n) in enumerate(zip(seqs, new)):
-            start = s.num_cached
-            pos = np.arange(start, start + n)
-            table = np.asarray(s.block_table, dtype=np.int64)
-            i64[t:t + n] = s.token_ids[start:start + n]
-            i64[T + t:T + t + n] = pos
-            i64[2 * T + t:2 * T + t + n] = table[pos // bs] * bs + pos % bs
-            i32[b] = t
-            i32[B + 1 + b] = start + n
-            bt[b, :len(table)] = table
-            t += n
-        # padded rows: one token each at position 0, slot 0 (block 0), context 1
-        i32[len(seqs):B + 1] = np.arange(t, t + B - len(seqs) + 1)
+        for b, s in enumerate(seqs):
+            bt[b, :len(s.block_table)] = s.block_table
         return i64, i32, bt
 
     def _eager_inputs(self, batch: ScheduledBatch):
