@@ -1,50 +1,21 @@
 """Paged attention: Triton kernel vs float32 reference, reference vs dense causal attention, K/V store.
 
-Without CUDA the Triton kernel runs in the interpreter (TRITON_INTERPRET=1) on CPU tensors. Triton reads
-the variable when @triton.jit decorates and again while launching, so the kernel module is (re)imported
-with it set and a fixture sets it around this module's tests; other test modules see it unchanged.
+Without CUDA the Triton kernel runs in the interpreter on CPU tensors: tests/conftest.py sets
+TRITON_INTERPRET=1 before triton is imported (Triton reads it at import and at each @triton.jit).
 """
 
-import contextlib
-import importlib
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import reprise_gpu.kernels.paged_attention as pa
 from reprise_gpu.kernels.kv_store import store_kv, store_kv_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+assert DEVICE == "cuda" or pa._INTERPRETED, "without CUDA, TRITON_INTERPRET=1 must be set before triton is imported"
 
-
-@contextlib.contextmanager
-def interpreter_env():
-    if DEVICE == "cuda":
-        yield
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-
-
-with interpreter_env():
-    pa = importlib.import_module("reprise_gpu.kernels.paged_attention")
-    if DEVICE == "cpu" and not pa._INTERPRETED:
-        pa = importlib.reload(pa)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpret():
-    with interpreter_env():
-        yield
 
 # (new tokens, past tokens) per sequence
 BATCH_MIXES = {
@@ -153,3 +124,21 @@ def test_store_kv_matches_ref(dtype):
     store_kv(k, v, *caches, slots)
     store_kv_ref(k, v, *ref, slots)
     assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_decode_cuda_graph_replay_matches_eager():
+    """Captured once, replayed with new contents of the same buffers (the engine's decode path)."""
+    args, _, _ = make_case(BATCH_MIXES["decode"], HEADS["smollm2_gqa3_d64"], 16, torch.bfloat16, seed=5)
+    q, kc, vc, cu, ctx, bt, max_q = to_device(args)
+    out = torch.empty_like(q)
+    pa.paged_attention(q, kc, vc, cu, ctx, bt, max_q, out=out)  # compile before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        pa.paged_attention(q, kc, vc, cu, ctx, bt, max_q, out=out)
+    for seed in range(3):
+        q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to(q))
+        ctx.copy_(torch.clamp(ctx - seed, min=1))
+        graph.replay()
+        torch.testing.assert_close(out, pa.paged_attention(q, kc, vc, cu, ctx, bt, max_q), atol=0, rtol=0)
