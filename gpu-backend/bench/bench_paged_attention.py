@@ -4,7 +4,7 @@
 
 First checks the kernel against `paged_attention_ref` on small cases (on a machine without CUDA this
 is the only part that runs, through the Triton interpreter). Then, per case, times the kernel
-(triton.testing.do_bench: warm-up, then median of repeated runs, L2 flushed between runs) and, for
+(triton.testing.do_bench: warm-up, then the median of repeated runs, L2 flushed between them) and, for
 decode, the kernel replayed in a CUDA graph, and reports the achieved bandwidth:
 
     bytes = sum_b ctx_b * KH * D * 2 (K and V) * itemsize     # every K/V row of every sequence read once
@@ -94,11 +94,11 @@ def bench(case, dtype, block_size, out):
     args = make_inputs(case["new_lens"], case["ctx_lens"], heads, block_size, dtype, "cuda")
     res = torch.empty_like(args[0])
     fn = lambda: paged_attention(*args, out=res)  # noqa: E731
-    ms = triton.testing.do_bench(fn, warmup=25, rep=200)
+    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
     ms_graph = None
     if case["kind"] == "decode":
         fn()  # compiled before capture
-        ms_graph = triton.testing.do_bench_cudagraph(fn, rep=200)
+        ms_graph = triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
     nbytes = bytes_moved(case["new_lens"], case["ctx_lens"], heads, dtype.itemsize, args[5].shape[1])
     H, _, D = heads
     flops = sum(4 * n * (c - n + n / 2) * H * D for n, c in zip(case["new_lens"], case["ctx_lens"]))

@@ -183,3 +183,19 @@ def test_cuda_triton_path_matches_cpu_reference(ours, ours_greedy):
     prefill = PagedRunner(model, device="cuda").step(PROMPTS)
     for name in PROMPTS:
         torch.testing.assert_close(prefill[name], ours_greedy[0][name], atol=2e-3, rtol=1e-4, msg=name)
+
+
+def test_kv_writer_hook_sees_what_the_cache_stores():
+    """A forward hook on a layer's KVCacheWriter captures K (after RoPE) and V exactly as written."""
+    args = get_model_args("tiny")
+    model = build_model(args, random_state_dict(args, seed=1, dtype=torch.float32))
+    seen = []
+    handle = model.layers[1].self_attn.kv_writer.register_forward_hook(
+        lambda mod, inp, out: seen.append((inp[0].clone(), inp[1].clone(), inp[4].clone())))
+    runner = PagedRunner(model, seed=7)
+    runner.step({"s": list(range(10, 30))})
+    handle.remove()
+    (k, v, slots), = seen
+    cache = runner.kv[1].view(2, -1, args.n_kv_heads, args.head_dim)
+    assert k.shape == (20, args.n_kv_heads, args.head_dim)
+    assert torch.equal(cache[0, slots], k) and torch.equal(cache[1, slots], v)
