@@ -20,8 +20,11 @@ export type Bindings = Omit<
   MAX_BODY_BYTES: string;
   /** Shared HMAC secret for the GPU backend (hex or text). */
   GPU_BACKEND_SECRET?: string;
-  /** Comma-separated models the GPU backend serves (defaults to the edge model's id). */
+  /** Models the GPU backend serves, as `public-id=backend-preset` pairs, comma-separated
+   *  (default `smollm2-135m-instruct=smollm2-135m`: the edge model's id, in BF16 on the GPU). */
   GPU_BACKEND_MODELS?: string;
+  /** New prompt tokens above which a step goes to the GPU backend (default 512). */
+  GPU_PREFILL_THRESHOLD?: string;
 };
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */

@@ -58,8 +58,9 @@ export function candidates(b: Backends, step: StepInfo): Backend[] {
 }
 
 export function prefillThreshold(env: Bindings): number {
-  const n = Number((env as { GPU_PREFILL_THRESHOLD?: string }).GPU_PREFILL_THRESHOLD);
-  return Number.isFinite(n) && n >= 0 ? n : DEFAULT_GPU_PREFILL_THRESHOLD;
+  const v = env.GPU_PREFILL_THRESHOLD;
+  const n = Number(v);
+  return v !== undefined && v !== "" && Number.isFinite(n) && n >= 0 ? n : DEFAULT_GPU_PREFILL_THRESHOLD;
 }
 
 /** A generation that has already produced its first event. */
