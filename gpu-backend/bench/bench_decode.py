@@ -179,15 +179,17 @@ def run_model(name: str, a, dev: torch.device, copy_gbps: float, emit) -> None:
     base = {"model": name, "weights": weights, "dtype": "bfloat16"}
 
     t = time.perf_counter()
-    eng = LLMEngine(cfg, model=build_model(args, sd), tokenizer=ByteTokenizer(), cuda_graphs=not a.no_graphs)
-    emit({**base, "bench": "setup", "impl": "reprise", "seconds": time.perf_counter() - t,
+    eng = LLMEngine(cfg, model=build_model(args, sd), tokenizer=ByteTokenizer(), cuda_graphs=not a.no_graphs,
+                    compile_decode=a.compile)
+    ours_base = {**base, "cuda_graphs": bool(eng.runner.graphs), "compiled": eng.runner.compiled}
+    emit({**ours_base, "bench": "setup", "impl": "reprise", "seconds": time.perf_counter() - t,
           "graph_sizes": sorted(eng.runner.graphs)})
     for n in a.prefill:                                               # first: also JIT-compiles prefill shapes
         s = ours_prefill(eng, n, a.reps)
-        emit({**base, "bench": "prefill", "impl": "reprise", "tokens": n, "ms": s * 1e3, "tokens_per_s": n / s})
+        emit({**ours_base, "bench": "prefill", "impl": "reprise", "tokens": n, "ms": s * 1e3, "tokens_per_s": n / s})
     for b in a.batches:
         r = ours_decode(eng, b, a.context, a.warmup, a.steps)
-        decode_record(base, "reprise", b, r, args, sd, copy_gbps, emit)
+        decode_record(ours_base, "reprise", b, r, args, sd, copy_gbps, emit)
     assert eng.block_manager.num_used == 0
     probe = prompt_ids(32, args.vocab_size, 7)
     ours = eng.generate([probe], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]["token_ids"]
@@ -236,7 +238,8 @@ def table(rows: list[dict]) -> str:
             w, ms, bw = f"prefill {r['tokens']}", r.get("ms", float("nan")), ""
         else:
             continue
-        lines.append(f"{r['model']:<14}{r['impl']:<10}{w:<16}{ms:>10.3f}{r.get('tokens_per_s', float('nan')):>12.1f}"
+        impl = r["impl"] + ("+c" if r.get("compiled") else "")
+        lines.append(f"{r['model']:<14}{impl:<10}{w:<16}{ms:>10.3f}{r.get('tokens_per_s', float('nan')):>12.1f}"
                      f"{bw:>9}")
     return "\n".join(lines)
 
@@ -255,6 +258,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step before graph capture")
     p.add_argument("--device", default=None)
     a = p.parse_args()
     smoke = dict(models=["tiny"], batches=[1, 4], prefill=[16, 64], context=16, steps=4, hf_steps=2, reps=1,

@@ -44,7 +44,7 @@ def load_model(config: Config, seed: int = 0) -> torch.nn.Module:
 
 class LLMEngine:
     def __init__(self, config: Config, model: torch.nn.Module | None = None, tokenizer=None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, compile_decode: bool = False):
         self.config = config
         args = config.model_args
         self.model = load_model(config) if model is None else model
@@ -56,7 +56,8 @@ class LLMEngine:
                                    max_model_len=self.max_model_len)
         self.runner = ModelRunner(self.model, num_blocks=config.num_kv_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
-                                  dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs)
+                                  dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
+                                  compile_decode=compile_decode)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")

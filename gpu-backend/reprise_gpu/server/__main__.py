@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefill-chunk-size", type=int, default=None)
     p.add_argument("--max-queue", type=int, default=None)
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step before graph capture")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         knobs["num_kv_blocks"] = a.num_kv_blocks
     config = Config(model=a.model, gguf_path=a.gguf, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
                     secret=secret, tokenizer_path=tokenizer, **knobs)
-    web.run_app(make_app(config, cuda_graphs=not a.no_cuda_graphs), host=config.host, port=config.port)
+    web.run_app(make_app(config, cuda_graphs=not a.no_cuda_graphs, compile_decode=a.compile), host=config.host, port=config.port)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool = True) -> web.Application:
+def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool = True,
+             compile_decode: bool = False) -> web.Application:
     """The server app. With `engine` None the model loads in the background after start-up (/readyz says when)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     st = app[STATE] = ServerState(config)
@@ -172,7 +173,7 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             eng = engine
             if eng is None:
                 eng = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: LLMEngine(config, cuda_graphs=cuda_graphs))
+                    None, lambda: LLMEngine(config, cuda_graphs=cuda_graphs, compile_decode=compile_decode))
             await asyncio.get_running_loop().run_in_executor(None, lambda: eng.runner.producer)  # hash weights once
             loop = EngineLoop(eng, config.max_queue)
             loop.start()
