@@ -1,6 +1,6 @@
 """Benchmark the Triton paged-attention kernel (decode and chunked prefill) on one GPU.
 
-    python bench/bench_paged_attention.py [--out results.jsonl] [--dtype bfloat16] [--check-only]
+    python bench/bench_paged_attention.py [--out results.jsonl] [--dtype bfloat16] [--check-only | --compile-only]
 
 First checks the kernel against `paged_attention_ref` on small cases (on a machine without CUDA this
 is the only part that runs, through the Triton interpreter). Then, per case, times the kernel
@@ -14,6 +14,9 @@ decode, the kernel replayed in a CUDA graph, and reports the achieved bandwidth:
 Prefill re-reads K/V once per query tile, so its GB/s is a lower bound on traffic; TFLOP/s is also
 reported there (4 * sum_b n_b * (p_b + n_b / 2) * H * D flops, the causal half of QK^T and PV).
 One JSON line per case goes to --out (default $OUT/bench_paged_attention.jsonl, else stdout).
+
+--compile-only compiles the kernel for sm_90 (H200) as the JIT would for the benchmark shapes, with no
+GPU needed: it catches compile errors and shared-memory overflow before a GPU run.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import sys
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernel's import
+if not torch.cuda.is_available() and "--compile-only" not in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede triton's first import
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reprise_gpu.kernels import paged_attention as pa  # noqa: E402
 from reprise_gpu.kernels.paged_attention import BLOCK_N, paged_attention, paged_attention_ref  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -70,6 +74,46 @@ def check(dtype, device) -> float:
     if worst > tol:
         raise SystemExit(f"kernel differs from the reference by {worst} > {tol}")
     return worst
+
+
+def compile_for_sm90(dtype, block_size=16, max_blocks=512):
+    """Compile every (shape, decode/prefill) variant for sm_90 with the JIT's specializations; print smem."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = pa._paged_attention_kernel
+    assert isinstance(fn, triton.runtime.JITFunction), "unset TRITON_INTERPRET for --compile-only"
+    elt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    for name, (H, KH, D) in SHAPES.items():
+        for max_q in (1, 512):
+            block_q, group_p2 = pa._tiles(H // KH, max_q)
+            ints = dict(stride_qt=H * D, stride_qh=D, stride_kb=block_size * KH * D, stride_ks=KH * D,
+                        stride_kh=D, stride_vb=block_size * KH * D, stride_vs=KH * D, stride_vh=D,
+                        stride_ot=H * D, stride_oh=D, stride_bt=max_blocks)
+            const = dict(GROUP=H // KH, GROUP_P2=group_p2, HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
+                         PAGE=block_size, BLOCK_Q=block_q, BLOCK_N=BLOCK_N,
+                         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", WHILE_LOOP=False,
+                         DOT_IN_F32=False)
+            sig, attrs = {}, {}
+            for i, arg in enumerate(fn.arg_names):
+                if arg in const:
+                    sig[arg] = "constexpr"
+                elif arg.endswith("_ptr"):
+                    sig[arg] = "*i32" if arg in ("cu_seqlens_q_ptr", "context_lens_ptr", "block_tables_ptr") \
+                        else "*" + elt
+                    attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+                elif arg == "scale_log2":
+                    sig[arg] = "fp32"
+                else:
+                    sig[arg] = "i32"
+                    if ints[arg] % 16 == 0:
+                        attrs[(i,)] = [["tt.divisibility", 16]]
+            kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                                    options={"num_warps": pa.NUM_WARPS, "num_stages": pa.NUM_STAGES})
+            smem = kernel.metadata.shared
+            print(f"sm_90 {name} {elt} max_seqlen_q={max_q}: BLOCK_Q={block_q} smem {smem} B", flush=True)
+            assert smem <= 227 * 1024, f"{smem} B of shared memory exceeds the H200's 227 KiB"
 
 
 def bytes_moved(new_lens, ctx_lens, heads, itemsize, max_blocks):
@@ -123,8 +167,12 @@ def main():
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--check-only", action="store_true")
+    p.add_argument("--compile-only", action="store_true")
     a = p.parse_args()
     dtype = DTYPES[a.dtype]
+    if a.compile_only:
+        compile_for_sm90(dtype, a.block_size)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     check(dtype, device)
     if a.check_only or device == "cpu":

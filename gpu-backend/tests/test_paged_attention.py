@@ -5,6 +5,9 @@ TRITON_INTERPRET=1 before triton is imported (Triton reads it at import and at e
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,3 +145,13 @@ def test_decode_cuda_graph_replay_matches_eager():
         ctx.copy_(torch.clamp(ctx - seed, min=1))
         graph.replay()
         torch.testing.assert_close(out, pa.paged_attention(q, kc, vc, cu, ctx, bt, max_q), atol=0, rtol=0)
+
+
+def test_kernel_compiles_for_sm90():
+    """The JIT path (not the interpreter) compiles for the H200 within its shared memory, no GPU needed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_paged_attention.py")
+    res = subprocess.run([sys.executable, bench, "--compile-only", "--dtype", "bfloat16"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("sm_90") == 4

@@ -44,6 +44,8 @@ import triton
 import triton.language as tl
 
 BLOCK_N = 64  # keys per inner step; fixed for batch invariance (see above)
+NUM_WARPS = 4
+NUM_STAGES = 3  # the page-index load runs a stage ahead of the K/V gathers (cp.async on sm_90)
 
 
 @triton.jit
@@ -202,7 +204,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         PAGE=block_size, BLOCK_Q=block_q, BLOCK_N=BLOCK_N,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         WHILE_LOOP=_INTERPRETED, DOT_IN_F32=_INTERPRETED and q.dtype == torch.bfloat16,
-        num_warps=4, num_stages=2,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out
 
