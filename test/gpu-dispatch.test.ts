@@ -25,7 +25,7 @@ async function call(path: string, body: object | undefined, vars: Record<string,
     headers: { authorization: `Bearer ${KEYS.unlimited}`, "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  return worker.fetch(req, { ...env, GPU_BACKEND_URL: t.TEST_GPU_BACKEND_URL, GPU_BACKEND_SECRET: t.TEST_GPU_BACKEND_SECRET, ...vars } as typeof env, ctx);
+  return worker.fetch(req as Request<unknown, IncomingRequestCfProperties>, { ...env, GPU_BACKEND_URL: t.TEST_GPU_BACKEND_URL, GPU_BACKEND_SECRET: t.TEST_GPU_BACKEND_SECRET, ...vars } as typeof env, ctx);
 }
 
 async function complete(body: object, vars: Record<string, string>): Promise<Completion> {

@@ -158,14 +158,20 @@ async function commit(turn: Turn, ids: number[], text: string, bytes: Uint8Array
   const tokenIds = [...turn.promptIds, ...ids];
   let chunks: ChunkRef[] = turn.restored.kept;
   let chunk: NewChunk | null = null;
-  const parsed = bytes ? readChunk(bytes) : null;
+  const parsed = bytes ? await readChunk(bytes) : null;
   if (parsed && parsed.tokenEnd <= tokenIds.length && parsed.tokenStart < parsed.tokenEnd) {
     // The new chunk continues the chunks the backend was given (or all it used of them).
     const prefix = chunks.filter((ch) => ch.tokenEnd <= parsed.tokenStart);
     const end = prefix.length ? prefix[prefix.length - 1]!.tokenEnd : 0;
     if (end === parsed.tokenStart) {
       chunks = prefix;
-      chunk = { bytes: bytes!, ...parsed, sha256: await sha256Hex(bytes!) };
+      chunk = {
+        bytes: bytes!,
+        tokenStart: parsed.tokenStart,
+        tokenEnd: parsed.tokenEnd,
+        producer: parsed.producer,
+        sha256: await sha256Hex(bytes!),
+      };
     }
   } else if (bytes) console.warn("backend returned an unusable KV chunk; the next turn recomputes", turn.gen.backend.name);
   await commitTurn(

@@ -54,7 +54,7 @@ export async function loadVerifiedChunks(
     const ref = plan[i]!;
     const bytes = bodies[i];
     if (!bytes || bytes.byteLength !== ref.bytes || (await sha256Hex(bytes)) !== ref.sha256) break;
-    const chunk = readChunk(bytes);
+    const chunk = await readChunk(bytes);
     if (
       !chunk ||
       chunk.tokenStart !== ref.tokenStart ||
