@@ -1,5 +1,15 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
+
+// The edge model files on the host (scripts/convert_edge_model.py). A test file that generates
+// text imports test/setup/edge-model.ts, which copies them into its R2 through EDGE_FILES below.
+const EDGE_MODEL_KEY = /^EDGE_MODEL_KEY\s*=\s*"([^"]+)"/m.exec(readFileSync("wrangler.toml", "utf8"))?.[1] ?? "";
+const EDGE_FILES: Record<string, string> = {
+  model: `.models/onnx/${basename(EDGE_MODEL_KEY)}`,
+  tokenizer: ".models/hf/tokenizer.json",
+};
 
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
 // The real GPU backend, when scripts/test_all.sh has started one, reaches the tests as bindings.
@@ -11,6 +21,18 @@ export default defineConfig({
         bindings: {
           TEST_GPU_BACKEND_URL: process.env.REPRISE_TEST_BACKEND_URL ?? "",
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
+        },
+        serviceBindings: {
+          EDGE_FILES: async (request: Request) => {
+            const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
+            if (!path) return new Response("unknown file", { status: 404 });
+            try {
+              const bytes = readFileSync(path);
+              return new Response(bytes, { headers: { "content-length": String(bytes.byteLength) } });
+            } catch {
+              return new Response(`${path} is missing: run scripts/convert_edge_model.py`, { status: 404 });
+            }
+          },
         },
       },
     }),

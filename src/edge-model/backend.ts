@@ -1,0 +1,113 @@
+/**
+ * The embedded edge model as a `Backend`: SmolLM2-135M-Instruct, int4 ONNX, onnxruntime-web in the
+ * Worker. One generation step: take the restored chunks that fit as past KV, prefill the rest of
+ * the prompt, decode token by token, then emit one KV chunk for exactly the tokens whose KV this
+ * turn computed (the uncovered prompt tokens and every generated token that was fed back; the last
+ * generated token never was) and a done event.
+ */
+import type { Backend, GenerateEvent, GenerateRequest, KvChunk } from "../backends/types";
+import { encodeChunk } from "../sessions/chunk";
+import { IM_END_ID } from "./chat-template";
+import { emptyPast, forward, HEAD_DIM, KV_HEADS, LAYERS, loadEdgeModel, ORT_TAG, pastFromPayloads, payloadFromPast, VOCAB } from "./onnx-session";
+import { randomSeed, sampleToken, seededRng, StopMatcher } from "./sampling";
+import { loadTokenizer } from "./tokenizer";
+
+export const EDGE_MODEL_ID = "smollm2-135m-instruct";
+
+export interface EdgeEnv {
+  BLOBS: R2Bucket;
+  /** R2 key of the .onnx file; tokenizer.json lies beside it (see tokenizer.ts). */
+  EDGE_MODEL_KEY: string;
+}
+
+export class EdgeBackend implements Backend {
+  readonly name = "edge";
+  private producer: string | null = null;
+
+  constructor(private readonly env: EdgeEnv) {}
+
+  models(): string[] {
+    return [EDGE_MODEL_ID];
+  }
+
+  /**
+   * Whether chunks from `producer` can be our past KV. Before the model is loaded its hash is
+   * unknown, so any edge producer passes here; `generate` checks the exact fingerprint again.
+   */
+  acceptsProducer(producer: string): boolean {
+    return this.producer ? producer === this.producer : producer.endsWith(`+${ORT_TAG}`);
+  }
+
+  async *generate(req: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerateEvent> {
+    if (req.model !== EDGE_MODEL_ID) throw new Error(`the edge backend does not serve ${req.model}`);
+    const ids = req.promptIds;
+    if (ids.length === 0) throw new Error("empty prompt");
+    for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= VOCAB) throw new Error(`token id ${id} out of range`);
+    const { maxTokens, temperature, topP, stop } = req.sampling;
+    const [model, tok] = await Promise.all([
+      loadEdgeModel(this.env.BLOBS, this.env.EDGE_MODEL_KEY),
+      loadTokenizer(this.env.BLOBS, this.env.EDGE_MODEL_KEY),
+    ]);
+    this.producer = model.producer;
+    signal?.throwIfAborted();
+
+    const usable = usableChunks(req.restored, model.producer, ids.length);
+    const cached = usable.length ? usable[usable.length - 1]!.header.token_end : 0;
+    if (maxTokens < 1) {
+      yield { type: "done", finishReason: "length", cachedTokens: cached };
+      return;
+    }
+    let past = cached ? pastFromPayloads(usable.map((c) => ({ tokens: c.header.token_end - c.header.token_start, payload: c.payload }))) : emptyPast();
+    let { logits, past: next } = await forward(model, ids.slice(cached), past);
+    past = next;
+
+    const rng = seededRng(req.sampling.seed ?? randomSeed());
+    const stops = new StopMatcher(stop);
+    const text = tok.decoder({ skipSpecial: true });
+    let finishReason: "stop" | "length" = "length";
+    for (let n = 1; ; n++) {
+      const id = sampleToken(logits, { temperature, topP }, rng);
+      const last = id === IM_END_ID || n >= maxTokens;
+      const piece = text.push(id) + (last ? text.flush() : "");
+      const s = stops.push(piece);
+      if (s.stopped) {
+        yield { type: "token", id, text: s.text };
+        finishReason = "stop";
+        break;
+      }
+      yield { type: "token", id, text: s.text + (last ? stops.flush() : "") };
+      if (id === IM_END_ID) finishReason = "stop";
+      if (last) break;
+      signal?.throwIfAborted();
+      ({ logits, past } = await forward(model, [id], past));
+    }
+
+    const chunk = await encodeChunk(
+      { producer: model.producer, codec: "raw-f32", layers: LAYERS, kv_heads: KV_HEADS, head_dim: HEAD_DIM, token_start: cached, token_end: past.length },
+      payloadFromPast(past, cached),
+    );
+    yield { type: "kv", chunk };
+    yield { type: "done", finishReason, cachedTokens: cached };
+  }
+}
+
+/**
+ * The restored chunks this model can use: contiguous from token 0, our producer and raw-f32 shape,
+ * ending before the last prompt token (which must run to give the next logits). The first chunk
+ * that does not fit ends the list; the rest of the prompt is recomputed.
+ */
+export function usableChunks(restored: readonly KvChunk[], producer: string, promptLength: number): KvChunk[] {
+  const out: KvChunk[] = [];
+  let end = 0;
+  for (const c of restored) {
+    const h = c.header;
+    const fits =
+      h.producer === producer && h.codec === "raw-f32" && h.layers === LAYERS && h.kv_heads === KV_HEADS &&
+      h.head_dim === HEAD_DIM && h.token_start === end && h.token_end > end && h.token_end < promptLength &&
+      c.payload.byteLength === LAYERS * 2 * KV_HEADS * (h.token_end - h.token_start) * HEAD_DIM * 4;
+    if (!fits) break;
+    out.push(c);
+    end = h.token_end;
+  }
+  return out;
+}
