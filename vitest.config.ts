@@ -3,8 +3,8 @@ import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
 
-// The edge model files on the host (scripts/convert_edge_model.py). A test file that generates
-// text imports test/setup/edge-model.ts, which copies them into its R2 through EDGE_FILES below.
+// The edge model files on the host (scripts/convert_edge_model.py); the setup file
+// test/setup/edge-model.ts copies them into each test file's R2 through EDGE_FILES below.
 const EDGE_MODEL_KEY = /^EDGE_MODEL_KEY\s*=\s*"([^"]+)"/m.exec(readFileSync("wrangler.toml", "utf8"))?.[1] ?? "";
 const EDGE_FILES: Record<string, string> = {
   model: `.models/onnx/${basename(EDGE_MODEL_KEY)}`,
@@ -39,7 +39,7 @@ export default defineConfig({
   ],
   test: {
     include: ["test/**/*.test.ts", "src/**/*.test.ts"],
-    setupFiles: ["./test/setup/keys.ts"],
+    setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
   },

@@ -2,7 +2,6 @@
 // generation through the Backend against the Python onnxruntime run, seeded sampling, stop
 // sequences, and KV restore. Loading ort's wasm and the model takes seconds, so every test that
 // needs them lives in this one file.
-import "./setup/edge-model";
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { GenerateEvent, GenerateRequest, KvChunk } from "../src/backends/types";
