@@ -8,6 +8,7 @@ import { defineConfig } from "vitest/config";
 const EDGE_MODEL_KEY = /^EDGE_MODEL_KEY\s*=\s*"([^"]+)"/m.exec(readFileSync("wrangler.toml", "utf8"))?.[1] ?? "";
 const EDGE_FILES: Record<string, string> = {
   model: `.models/onnx/${basename(EDGE_MODEL_KEY)}`,
+  data: `.models/onnx/${basename(EDGE_MODEL_KEY)}.data`,
   tokenizer: ".models/hf/tokenizer.json",
 };
 

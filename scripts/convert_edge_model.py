@@ -5,7 +5,8 @@
 Steps (each skipped when its outputs exist; `--force` redoes all):
   1. hf      GGUF -> `.models/hf/` (config, fp32 safetensors, tokenizer.json, tokenizer_config.json
              with the chat template) through transformers' GGUF loader. This fp32 model is the reference.
-  2. onnx    GGUF -> `.models/onnx/smollm2-135m-instruct-int4.onnx`, built node by node:
+  2. onnx    GGUF -> `.models/onnx/smollm2-135m-instruct-int4.onnx` (graph) + `.onnx.data` (weights),
+             built node by node:
              every Linear of the 30 blocks is a com.microsoft MatMulNBits (4 bit, block 32, symmetric)
              whose bytes are the GGUF's own Q4_1 blocks repacked, plus a small fp32 MatMul of per-block
              activation sums that restores Q4_1's per-block minimum (see q4_1_to_nbits): the GGUF values
@@ -42,6 +43,7 @@ ORT_WEB_TAG = "ort-web-1.30.0-wasm"  # second half of the producer fingerprint o
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 30, 576, 9, 3, 64, 1536, 49152
 ROPE_THETA, RMS_EPS = 100000.0, 1e-5
 BLOCK = 32  # GGUF Q4_1 / Q8_0 block width, and MatMulNBits block_size
+LM_CHUNK = 4096  # vocab rows per lm_head / embedding slice (VOCAB is a multiple)
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "test" / "fixtures"
 
@@ -58,11 +60,18 @@ def gguf_path() -> Path:
     return Path(spec.origin).parent / GGUF_NAME
 
 
-def sha256_file(path: Path) -> str:
+def model_files(onnx_path: Path) -> list[Path]:
+    """The graph and its external weights, in the order the fingerprint hashes them."""
+    return [onnx_path, onnx_path.with_name(onnx_path.name + ".data")]
+
+
+def model_digest(onnx_path: Path) -> str:
+    """sha256 over the .onnx bytes followed by the .onnx.data bytes: the model half of the producer."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in model_files(onnx_path):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -265,13 +274,24 @@ def build_onnx(w: dict, path: Path) -> None:
     mask = g.node("Where", [allowed, g.const(0.0, np.float32), g.const(-np.inf, np.float32)])
     mask = g.node("Tile", [mask, g.const([HEADS // KV_HEADS, 1])])
 
+    # The Q8_0 table is cut into VOCAB/LM_CHUNK row slices shared by the embedding and lm_head. ort-web's
+    # wasm build runs MatMulNBits by dequantizing all of B to fp32 first: one 49152-row lm_head would
+    # need a 113 MB temporary per step, a 4096-row slice needs 9 MB.
     emb_q, emb_s = w["embed"]
-    table = g.init("embed.qweight", emb_q)  # [V, 18, 32] uint8, shared with lm_head
-    table_s = g.init("embed.scales", emb_s)  # [V, 18]
-    rows = g.node("Cast", [g.node("Gather", [table, "input_ids"], axis=0)], to=TensorProto.FLOAT)  # [1, S, 18, 32]
-    rows = g.node("Sub", [rows, g.const(128.0, np.float32)])
-    rows = g.node("Mul", [rows, g.node("Unsqueeze", [g.node("Gather", [table_s, "input_ids"], axis=0), g.const([-1])])])
-    x = g.node("Reshape", [rows, g.const([1, -1, HIDDEN])])
+    tables = [(g.init(f"embed.qweight.{c}", emb_q[c * LM_CHUNK:(c + 1) * LM_CHUNK]),  # [C, 18, 32] uint8 (q + 128)
+               g.init(f"embed.scales.{c}", emb_s[c * LM_CHUNK:(c + 1) * LM_CHUNK]))  # [C, 18]
+              for c in range(VOCAB // LM_CHUNK)]
+    slice_of = g.node("Div", ["input_ids", g.const(LM_CHUNK)])
+    row_in_slice = g.node("Mod", ["input_ids", g.const(LM_CHUNK)])
+    x = None
+    for c, (table, table_s) in enumerate(tables):  # each id's row from its slice: gather everywhere, keep one
+        mine = g.node("Equal", [slice_of, g.const(c)])  # [1, S]
+        idx = g.node("Where", [mine, row_in_slice, g.const(0)])
+        rows = g.node("Cast", [g.node("Gather", [table, idx], axis=0)], to=TensorProto.FLOAT)  # [1, S, 18, 32]
+        rows = g.node("Sub", [rows, g.const(128.0, np.float32)])
+        rows = g.node("Mul", [rows, g.node("Unsqueeze", [g.node("Gather", [table_s, idx], axis=0), g.const([-1])])])
+        rows = g.node("Reshape", [rows, g.const([1, -1, HIDDEN])])
+        x = rows if x is None else g.node("Where", [g.node("Unsqueeze", [mine, g.const([-1])]), rows, x])
 
     scale = g.const(1.0 / np.sqrt(HEAD_DIM), np.float32)  # 1/8: exact, so scaling q first equals HF's scores*scale
     qkv_split = g.const([HIDDEN, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM])
@@ -297,8 +317,9 @@ def build_onnx(w: dict, path: Path) -> None:
 
     last = g.node("Gather", [x, g.const([-1])], axis=1)  # [1, 1, 576]: only the last position reaches lm_head
     last = rms(last, g.init("final_norm", w["norm"]))
-    g.node("MatMulNBits", [last, table, table_s], ["logits"], domain="com.microsoft",
-           K=HIDDEN, N=VOCAB, bits=8, block_size=BLOCK)
+    parts = [g.node("MatMulNBits", [last, table, table_s], domain="com.microsoft", K=HIDDEN, N=LM_CHUNK, bits=8,
+                    block_size=BLOCK) for table, table_s in tables]
+    g.node("Concat", parts, ["logits"], axis=-1)
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"]),
@@ -316,13 +337,17 @@ def build_onnx(w: dict, path: Path) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Weights go to `<name>.data` (external data): ort-web then copies each tensor once into wasm memory
+    # instead of holding the whole protobuf there as well (heap after load 140 MB instead of 288 MB).
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
     tmp = path.with_suffix(".tmp")
-    onnx.save(model, tmp)
+    onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
     tmp.rename(path)
 
 
 def step_onnx(hf_dir: Path, onnx_path: Path, force: bool) -> None:
-    if onnx_path.exists() and not force:
+    if all(p.exists() for p in model_files(onnx_path)) and not force:
         log(f"onnx: {onnx_path} exists, skipped")
         return
     from safetensors.torch import load_file
@@ -332,7 +357,8 @@ def step_onnx(hf_dir: Path, onnx_path: Path, force: bool) -> None:
     weights = load_gguf_weights(ref)
     del ref
     build_onnx(weights, onnx_path)
-    log(f"onnx: wrote {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MiB)")
+    sizes = " + ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in model_files(onnx_path))
+    log(f"onnx: wrote {sizes}")
 
 
 # ---------------------------------------------------------------- step 3: verify + fixtures
@@ -429,7 +455,7 @@ def chat_ids(tok, messages) -> list[int]:
 
 def step_verify(hf_dir: Path, onnx_path: Path, force: bool, min_agree: float) -> None:
     greedy_fx, tok_fx = FIXTURES / "edge-greedy.json", FIXTURES / "edge-tokenizer.json"
-    digest = sha256_file(onnx_path)
+    digest = model_digest(onnx_path)
     if not force and greedy_fx.exists() and tok_fx.exists():
         if json.loads(greedy_fx.read_text()).get("model_sha256") == digest:
             log("verify: fixtures match this ONNX file, skipped")
@@ -502,7 +528,7 @@ def main() -> None:
     step_onnx(hf_dir, onnx_path, args.force)
     if not args.skip_verify:
         step_verify(hf_dir, onnx_path, args.force, args.min_agreement)
-    log(f"done in {time.time() - t0:.0f} s; producer fingerprint: sha256 {sha256_file(onnx_path)} + {ORT_WEB_TAG}")
+    log(f"done in {time.time() - t0:.0f} s; producer fingerprint: sha256:{model_digest(onnx_path)}+{ORT_WEB_TAG}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 // Puts the edge model and its tokenizer into the local R2 bucket that `wrangler dev --persist-to .state`
 // serves (binding BLOBS), at the keys the Worker reads:
 //
-//   EDGE_MODEL_KEY (wrangler.toml)                  <- .models/onnx/<basename of EDGE_MODEL_KEY>
+//   EDGE_MODEL_KEY (wrangler.toml)                  <- .models/onnx/<basename of EDGE_MODEL_KEY>  (graph)
+//   EDGE_MODEL_KEY + ".data"                        <- .models/onnx/<basename>.data             (weights)
 //   EDGE_MODEL_KEY with .onnx -> .tokenizer.json    <- .models/hf/tokenizer.json
 //
 //   node scripts/seed_local_storage.mjs [--persist-to .state] [--force]
@@ -29,6 +30,7 @@ if (!modelKey || !bucket) throw new Error("wrangler.toml: EDGE_MODEL_KEY or the 
 
 const files = [
   { key: modelKey, path: join(root, ".models/onnx", basename(modelKey)) },
+  { key: modelKey + ".data", path: join(root, ".models/onnx", basename(modelKey) + ".data") },
   { key: modelKey.replace(/\.onnx$/, "") + ".tokenizer.json", path: join(root, ".models/hf/tokenizer.json") },
 ];
 

@@ -16,7 +16,7 @@ export const EDGE_MODEL_ID = "smollm2-135m-instruct";
 
 export interface EdgeEnv {
   BLOBS: R2Bucket;
-  /** R2 key of the .onnx file; tokenizer.json lies beside it (see tokenizer.ts). */
+  /** R2 key of the .onnx graph; its weights are at key + ".data", tokenizer.json beside it (tokenizer.ts). */
   EDGE_MODEL_KEY: string;
 }
 

@@ -2,7 +2,8 @@
  * The edge model in onnxruntime-web (wasm, one thread) inside workerd: loading it from R2 once per
  * isolate, and running it with a KV cache.
  *
- * The ONNX graph (scripts/convert_edge_model.py), batch 1, P past tokens, S new tokens:
+ * The model is two R2 objects: the graph at EDGE_MODEL_KEY and its weights at EDGE_MODEL_KEY + ".data"
+ * (ONNX external data). The ONNX graph (scripts/convert_edge_model.py), batch 1, P past tokens, S new tokens:
  *   inputs   input_ids int64 [1, S], position_ids int64 [1, S] (P .. P+S-1),
  *            past_key_values.{0..29}.{key,value} float32 [1, 3, P, 64]
  *   outputs  logits float32 [1, 1, 49152] (last position), present.{0..29}.{key,value} float32 [1, 3, P+S, 64]
@@ -29,7 +30,7 @@ export interface PastKv {
 
 export interface EdgeModel {
   session: ort.InferenceSession;
-  /** `sha256:<hex of the .onnx file>+ort-web-1.30.0-wasm`: what the KV bytes depend on. */
+  /** `sha256:<hex of .onnx then .onnx.data>+ort-web-1.30.0-wasm`: what the KV bytes depend on. */
   producer: string;
   modelBytes: number;
   loadMs: number;
@@ -81,21 +82,38 @@ export function loadEdgeModel(blobs: R2Bucket, key: string): Promise<EdgeModel> 
   return cached.model;
 }
 
+/** R2 key of the external weights of the graph at `key` (the graph names them `<basename>.data`). */
+export function modelDataKey(key: string): string {
+  return key + ".data";
+}
+
 async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
   const t0 = Date.now();
-  const obj = await blobs.get(key);
-  if (!obj) throw new Error(`edge model not found in R2 at ${key} (run node scripts/seed_local_storage.mjs)`);
-  let bytes: Uint8Array | null = new Uint8Array(await obj.arrayBuffer());
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  const [graphObj, dataObj] = await Promise.all([blobs.get(key), blobs.get(modelDataKey(key))]);
+  if (!graphObj || !dataObj)
+    throw new Error(`edge model not found in R2 at ${key} (+ .data); run node scripts/seed_local_storage.mjs`);
+  const graph = new Uint8Array(await graphObj.arrayBuffer());
+  let data: Uint8Array | null = new Uint8Array(await dataObj.arrayBuffer());
+  // Fingerprint: sha256 over graph bytes then weight bytes (convert_edge_model.py's model_digest).
+  const hasher = new crypto.DigestStream("SHA-256");
+  const w = hasher.getWriter();
+  await w.write(graph);
+  await w.write(data);
+  await w.close();
+  const hex = Array.from(new Uint8Array(await hasher.digest), (b) => b.toString(16).padStart(2, "0")).join("");
   ort.env.wasm.numThreads = 1; // no SharedArrayBuffer workers in workerd
   ort.env.wasm.proxy = false;
   ort.env.wasm.wasmBinary = PLACEHOLDER;
-  const modelBytes = bytes.byteLength;
+  const modelBytes = graph.byteLength + data.byteLength;
   const session = await withPrecompiledOrtWasm(() =>
-    ort.InferenceSession.create(bytes!, { executionProviders: ["wasm"], graphOptimizationLevel: "all" }),
+    ort.InferenceSession.create(graph, {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+      // Each weight is copied once from this buffer into wasm memory, then the buffer can go.
+      externalData: [{ path: key.slice(key.lastIndexOf("/") + 1) + ".data", data: data! }],
+    }),
   );
-  bytes = null; // ort copied the model into wasm memory
+  data = null;
   return { session, producer: `sha256:${hex}+${ORT_TAG}`, modelBytes, loadMs: Date.now() - t0 };
 }
 

@@ -2,14 +2,15 @@
 // at the keys the Worker reads. The bytes come from .models/ on the host through the EDGE_FILES
 // service binding defined in vitest.config.ts (a Node function: the worker cannot read host files).
 //
-// A setup file for every test file (it costs ~5 s per file, a 107 MB R2 put). If the model has not
+// A setup file for every test file (it costs ~5 s per file, a 107 MB R2 put of the weights). If the model has not
 // been converted, it warns and the files that generate fail with "edge model not found in R2".
 import { env } from "cloudflare:workers";
+import { modelDataKey } from "../../src/edge-model/onnx-session";
 import { tokenizerKey } from "../../src/edge-model/tokenizer";
 
 const files = env as unknown as { EDGE_FILES: Fetcher };
 
-async function seed(key: string, file: "model" | "tokenizer"): Promise<void> {
+async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<void> {
   const res = await files.EDGE_FILES.fetch(`http://edge-files/${file}`);
   if (!res.ok) throw new Error(`EDGE_FILES ${file}: ${res.status} ${await res.text()}`);
   const size = Number(res.headers.get("content-length"));
@@ -23,6 +24,7 @@ async function seed(key: string, file: "model" | "tokenizer"): Promise<void> {
 
 try {
   await seed(env.EDGE_MODEL_KEY, "model");
+  await seed(modelDataKey(env.EDGE_MODEL_KEY), "data");
   await seed(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
 } catch (err) {
   console.warn("edge model not seeded:", err);
