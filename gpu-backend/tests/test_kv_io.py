@@ -150,3 +150,26 @@ def test_bad_chunk_is_ignored_and_tokens_recomputed(corruption):
     while eng.has_work():
         eng.step()
     assert seq.completion_token_ids == full
+
+
+def test_producer_without_installed_package(monkeypatch):
+    """Run from a source tree (as on the GPU machine): no distribution metadata, fall back to __version__."""
+    import reprise_gpu
+
+    def missing(name):
+        raise kv_io.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(kv_io.metadata, "version", missing)
+    assert kv_io.package_version() == reprise_gpu.__version__
+    assert kv_io.producer_fingerprint("ab", torch.bfloat16, "cpu").startswith(f"reprise-gpu/{reprise_gpu.__version__};")
+
+
+def test_source_version_equals_pyproject():
+    """Installed and source-tree processes must write the same producer string."""
+    import pathlib
+    import tomllib
+
+    import reprise_gpu
+
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == reprise_gpu.__version__

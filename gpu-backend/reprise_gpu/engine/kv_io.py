@@ -53,8 +53,17 @@ def device_capability(device: torch.device | str) -> str:
     return device.type
 
 
+def package_version() -> str:
+    """The installed distribution's version, or `reprise_gpu.__version__` when run from a source tree."""
+    try:
+        return metadata.version("reprise-gpu")
+    except Exception:  # PackageNotFoundError from a source tree; broken metadata must not stop the server either
+        from .. import __version__
+        return __version__
+
+
 def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.device | str) -> str:
-    version = metadata.version("reprise-gpu")
+    version = package_version()
     return f"reprise-gpu/{version};weights=sha256:{weights_hash};dtype={str(dtype).removeprefix('torch.')};" \
            f"device={device_capability(device)}"
 
