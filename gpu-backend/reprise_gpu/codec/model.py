@@ -1,0 +1,143 @@
+"""The probability model of one segment (one layer's K or V): parameters, symbols, raw fields.
+
+Per value (target x, prediction p; both in the target format's units):
+    S_v  = S[head, channel] - SCALE_STEPS * e          # header scale, quarter-octaves; e = FP8 scale exponent (0 for BF16)
+    G    = max(exponent of p, floor so that sigma/u <= 2^20), clamped to [1, exp_max]
+    P    = p / u(G) in quarter grid steps;  C = S_v - 4 (G - B)   (sigma / u in quarter-octaves)
+    narrow (C < CLASS_WIDE): table (C, phase of P), offset k - c0 coded directly
+    wide: shift s = (C - CLASS_WIDE) // 4 + 1, bucket (k - c0) >> s coded, its s low bits raw
+Then per value, in order: the symbol (rANS), the s low bits (wide), j refinement bits (x below p's
+binade) — or, after ESCAPE, the target's raw bits.
+
+Two models share this machinery:
+    baseline ("a", as published): per-channel Gaussian with fitted variance + wide Gaussian + uniform
+        floor, fixed mixture, centre rounded to the grid (no phase).
+    improved ("b"): centre kept to 1/4 ulp (phase tables), mixture chosen per segment and per-channel
+        scales refined by exact code length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .format import (CLASS_MIN, CLASS_WIDE, ESCAPE, GRID_FRAC_BITS, MAX_REL_SCALE, N_NARROW, N_SYMBOLS, N_TABLES,
+                     PROB_BITS, SCALE_STEPS, WINDOW)
+from .grid import FloatFormat, pred_center, pred_exponent, refinement_len, to_grid
+from .tables import build_tables
+
+MODELS = {"baseline": 0, "improved": 1}
+BASELINE_MIX = (8, 8, 1, 0)          # a_w = 8/256 at 4x sigma, floor 1/256, no extra escape mass
+REFINE_DELTAS = (-1, 0, 1)
+MIX_CANDIDATES = [(a_w, k_w, a_f, 0) for a_w in (0, 3, 8, 20) for k_w in (6, 10) for a_f in (0, 1)]
+
+
+@dataclass
+class SegmentParams:
+    mix: tuple[int, int, int, int]   # a_w, k_w, a_f, a_e
+    scale: np.ndarray                # int8 [kv_heads * head_dim], quarter-octaves of the residual scale
+
+
+@dataclass
+class Layout:
+    """Per-value quantities that depend only on the prediction and the parameters (known to the decoder)."""
+    G: np.ndarray       # grid exponent
+    c0: np.ndarray      # centre cell
+    tid: np.ndarray     # table id
+    shift: np.ndarray   # raw low bits of a wide bucket
+
+
+def layout(p: np.ndarray, S_v: np.ndarray, fmt: FloatFormat, phase: bool) -> Layout:
+    """p: sanitized float32 [n] in target units; S_v: int64 [n] per-value scale (quarter-octaves)."""
+    G0 = pred_exponent(p, fmt)
+    floor = fmt.B + ((S_v - MAX_REL_SCALE + SCALE_STEPS - 1) >> 2)
+    G = np.clip(np.maximum(G0, floor), 1, fmt.exp_max)
+    P = pred_center(p, G, fmt)
+    C = np.clip(S_v - SCALE_STEPS * (G - fmt.B), CLASS_MIN, MAX_REL_SCALE + SCALE_STEPS - 1)
+    wide = C >= CLASS_WIDE
+    nph = 1 << GRID_FRAC_BITS
+    if phase:
+        c0 = np.where(wide, (P + nph // 2) >> GRID_FRAC_BITS, P >> GRID_FRAC_BITS)
+        ph = np.where(wide, 0, P & (nph - 1))
+    else:
+        c0 = (P + nph // 2) >> GRID_FRAC_BITS
+        ph = np.zeros_like(P)
+    tid = np.where(wide, N_NARROW * nph + ((C - CLASS_WIDE) & 3), (np.minimum(C, CLASS_WIDE - 1) - CLASS_MIN) * nph + ph)
+    shift = np.where(wide, ((C - CLASS_WIDE) >> 2) + 1, 0)
+    return Layout(G, c0, tid, shift)
+
+
+@dataclass
+class Symbols:
+    sym: np.ndarray       # [n] 0 .. ESCAPE
+    low: np.ndarray       # raw low bits of wide buckets
+    low_len: np.ndarray
+    ref: np.ndarray       # refinement bits, or the escaped raw value
+    ref_len: np.ndarray
+
+
+def symbolize(x_bits: np.ndarray, lay: Layout, fmt: FloatFormat) -> Symbols:
+    k, ref, j, esc = to_grid(x_bits, lay.G, fmt)
+    r = k - lay.c0
+    b = r >> lay.shift
+    esc = esc | (b < -WINDOW) | (b > WINDOW)
+    low = r & ((np.int64(1) << lay.shift) - 1)
+    sym = np.where(esc, ESCAPE, b + WINDOW)
+    return Symbols(sym=sym, low=np.where(esc, 0, low), low_len=np.where(esc, 0, lay.shift),
+                   ref=np.where(esc, x_bits.astype(np.int64), ref), ref_len=np.where(esc, fmt.raw_bits, j))
+
+
+def code_bits(freq: np.ndarray, lay: Layout, s: Symbols) -> np.ndarray:
+    """Exact cost in bits of each value under `freq` [N_TABLES, N_SYMBOLS] (for the encoder's search)."""
+    return (PROB_BITS - np.log2(freq))[lay.tid, s.sym] + s.low_len + s.ref_len
+
+
+def histogram(lay: Layout, s: Symbols) -> np.ndarray:
+    """Counts of (table, symbol) pairs [N_TABLES, N_SYMBOLS]."""
+    return np.bincount(lay.tid * N_SYMBOLS + s.sym, minlength=N_TABLES * N_SYMBOLS).reshape(N_TABLES, N_SYMBOLS)
+
+
+def fit_scale(x_val: np.ndarray, p: np.ndarray, e_shift: np.ndarray, groups: int) -> np.ndarray:
+    """Initial per-channel scale: round(4 log2 rms(x - p)) in unscaled units; x_val/p/e_shift: [groups, m]."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = (x_val.astype(np.float64) - p.astype(np.float64)) * np.exp2(e_shift.astype(np.float64))
+        r = np.where(np.isfinite(r) & (np.abs(r) < 1e300), r, 0.0)
+    rms = np.sqrt(np.mean(r * r, axis=1)) if r.shape[1] else np.zeros(groups)
+    S = np.where(rms > 0, np.round(SCALE_STEPS * np.log2(np.maximum(rms, 1e-300))), -128)
+    return np.clip(S, -128, 127).astype(np.int8)
+
+
+def choose_params(x_bits: np.ndarray, x_val: np.ndarray, p: np.ndarray, e: np.ndarray, fmt: FloatFormat,
+                  model: str, groups: int) -> SegmentParams:
+    """Encoder-side fit. Arrays are [groups, m] (group = head*channel, m values each); e = FP8 scale exponents."""
+    S = fit_scale(x_val, p, e, groups)
+    if model == "baseline":
+        return SegmentParams(BASELINE_MIX, S)
+    xf, pf, ef = x_bits.reshape(-1), p.reshape(-1), e.reshape(-1).astype(np.int64)
+    gidx = np.repeat(np.arange(groups), x_bits.shape[1])
+
+    def per_value_cost(S_try: np.ndarray, freq: np.ndarray) -> np.ndarray:
+        lay = layout(pf, S_try.astype(np.int64)[gidx] - SCALE_STEPS * ef, fmt, phase=True)
+        return code_bits(freq, lay, symbolize(xf, lay, fmt))
+
+    lay = layout(pf, S.astype(np.int64)[gidx] - SCALE_STEPS * ef, fmt, phase=True)
+    sy = symbolize(xf, lay, fmt)
+    hist = histogram(lay, sy)
+    best = min(MIX_CANDIDATES, key=lambda mix: float((hist * (PROB_BITS - np.log2(build_tables(*mix)))).sum()))
+    freq = build_tables(*best)
+    # per-channel scale refinement by exact code length (quarter-octave steps)
+    deltas = REFINE_DELTAS
+    costs = np.stack([np.bincount(gidx, per_value_cost(np.clip(S.astype(np.int64) + d, -128, 127), freq),
+                                  minlength=groups) for d in deltas])
+    S = np.clip(S.astype(np.int64) + np.array(deltas)[np.argmin(costs, axis=0)], -128, 127).astype(np.int8)
+    return SegmentParams(best, S)
+
+
+def reconstruct_lengths(sym: np.ndarray, low: np.ndarray, lay: Layout, fmt: FloatFormat):
+    """Decoder: from symbols and low bits -> (k, refinement length incl. escapes, escape mask)."""
+    esc = sym == ESCAPE
+    b = sym - WINDOW
+    k = lay.c0 + (b << lay.shift) + low
+    j = refinement_len(k, lay.G, fmt)
+    return k, np.where(esc, fmt.raw_bits, j), esc
