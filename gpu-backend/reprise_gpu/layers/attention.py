@@ -1,7 +1,7 @@
-"""GQA self-attention over the paged KV cache: projections, RoPE, K/V store, paged attention.
+"""GQA self-attention over the paged KV cache: projections, RoPE + K/V store (one kernel), paged attention.
 
-`paged_attention_fn` is the single dispatch point between the Triton kernel (CUDA) and the float32
-reference (anything else). `KVCacheWriter` is the one module that writes K (after RoPE) and V into
+Kernels are picked in layers/ops.py (Triton on CUDA, the float32 PyTorch references elsewhere);
+`paged_attention_fn` follows it. `KVCacheWriter` is the one module that writes K (after RoPE) and V into
 the cache; a forward hook on it sees exactly the values stored (the KV codec and the speculator use
 this). With `attn.slot_mapping` and `attn.max_seqlen_q` fixed, the CUDA path has no host sync.
 """
@@ -16,6 +16,7 @@ from torch import nn
 
 from ..kernels.kv_store import store_kv
 from ..kernels.paged_attention import paged_attention, paged_attention_ref
+from . import ops
 from .rotary import apply_rope
 
 
@@ -56,18 +57,27 @@ class AttnMetadata:
 
 def paged_attention_fn(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, attn: AttnMetadata,
                        scale: float) -> torch.Tensor:
-    """q [T, H, D] -> [T, H, D]: the Triton kernel on CUDA, the float32 reference elsewhere."""
-    fn = paged_attention if q.is_cuda else paged_attention_ref
+    """q [T, H, D] -> [T, H, D]: the Triton kernel on CUDA (and on CPU outside ops mode "auto"), else the reference."""
+    fn = paged_attention if ops.use_triton_attention(q) else paged_attention_ref
     return fn(q, k_cache, v_cache, attn.cu_seqlens_q, attn.context_lens, attn.block_tables, attn.max_seqlen_q,
               scale=scale)
 
 
 class KVCacheWriter(nn.Module):
-    """Writes the new tokens' K (after RoPE) and V at attn.slot_mapping; hook this to capture them."""
+    """Writes the new tokens' K (after RoPE) and V at attn.slot_mapping; hook this to capture them.
+
+    With `q` and `rope` given, k arrives before RoPE: q and k are rotated in place and K/V stored in one
+    kernel, so when forward returns, k (the hook's inp[0]) holds exactly what was stored. Use a forward
+    hook, not a pre-hook: a pre-hook would see k before RoPE.
+    """
 
     def forward(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                slot_mapping: torch.Tensor) -> None:
-        store_kv(k, v, k_cache, v_cache, slot_mapping)
+                slot_mapping: torch.Tensor, *, q: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if rope is None:
+            store_kv(k, v, k_cache, v_cache, slot_mapping)
+        else:
+            ops.rope_store_kv(q, k, v, *rope, k_cache, v_cache, slot_mapping)
 
 
 class Attention(nn.Module):
@@ -82,7 +92,7 @@ class Attention(nn.Module):
         self.kv_writer = KVCacheWriter()
 
     def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """x [T, dim] -> q [T, H, D], k [T, KH, D] (both after RoPE), v [T, KH, D]."""
+        """x [T, dim] -> q [T, H, D], k [T, KH, D] (both after RoPE), v [T, KH, D]. (forward fuses this.)"""
         T = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = apply_rope(q.view(T, self.n_heads, self.head_dim), *rope)
@@ -92,8 +102,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttnMetadata,
                 kv_cache: torch.Tensor) -> torch.Tensor:
         """x [T, dim]; kv_cache: this layer's [2, num_blocks, block_size, KH, D] -> [T, dim]."""
-        q, k, v = self.qkv(x, rope)
+        T = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = (t.view(T, -1, self.head_dim) for t in (q, k, v))  # views of one [T, q + 2 kv] buffer
         k_cache, v_cache = kv_cache[0], kv_cache[1]
-        self.kv_writer(k, v, k_cache, v_cache, attn.slot_mapping)
+        self.kv_writer(k, v, k_cache, v_cache, attn.slot_mapping, q=q, rope=rope)
         o = paged_attention_fn(q, k_cache, v_cache, attn, self.scale)
-        return self.o_proj(o.view(x.shape[0], self.q_size))
+        return self.o_proj(o.view(T, self.q_size))

@@ -32,8 +32,23 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLU(args.dim, args.ffn_dim)
 
     def forward(self, h: torch.Tensor, rope, attn: AttnMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), rope, attn, kv_cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        """h [T, dim] -> the layer's output [T, dim]."""
+        x, residual = self.forward_residual(h, None, rope, attn, kv_cache)
+        return residual + x
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor | None, rope, attn: AttnMetadata,
+                         kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer on h = residual + x (h = x when residual is None) -> (x', residual') with output residual' + x'.
+
+        Leaving the last add to the next norm lets each residual add run inside an RMSNorm kernel.
+        """
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, rope, attn, kv_cache)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class Llama(nn.Module):
@@ -52,10 +67,10 @@ class Llama(nn.Module):
                 kv_cache: torch.Tensor) -> torch.Tensor:
         """input_ids, positions: [T] int64; writes the new K/V into kv_cache -> hidden [T, dim] (final norm applied)."""
         rope = self.rotary(positions)
-        h = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, attn, kv_cache[i])
-        return self.norm(h)
+            x, residual = layer.forward_residual(x, residual, rope, attn, kv_cache[i])
+        return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [n, dim] -> [n, vocab] float32."""

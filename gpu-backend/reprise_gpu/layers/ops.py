@@ -1,0 +1,61 @@
+"""The one dispatch point between the fused Triton kernels and their PyTorch references.
+
+    "auto"       Triton for CUDA tensors, the PyTorch references elsewhere (the default)
+    "triton"     Triton always (on CPU tensors through TRITON_INTERPRET=1: tests, kernel counts)
+    "reference"  the PyTorch references even on CUDA: the unfused baseline (bench --variants)
+
+Paged attention has no graph-capturable reference, so it runs the Triton kernel on CUDA in every mode,
+and on CPU tensors in modes "triton" and "reference" (so "reference" is what the GPU baseline runs).
+The mode is read when a forward runs: a CUDA graph keeps the kernels of the mode it was captured in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..kernels.rmsnorm import add_rms_norm as _add_rms_norm, add_rms_norm_ref, rms_norm as _rms_norm, rms_norm_ref
+from ..kernels.rope_kv import rope_store_kv as _rope_store_kv, rope_store_kv_ref
+from ..kernels.silu_mul import silu_mul as _silu_mul, silu_mul_ref
+
+MODES = ("auto", "triton", "reference")
+_mode = "auto"
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    return _mode == "triton" or (_mode == "auto" and x.is_cuda)
+
+
+def use_triton_attention(q: torch.Tensor) -> bool:
+    return q.is_cuda or _mode != "auto"
+
+
+@contextlib.contextmanager
+def kernel_mode(mode: str):
+    """Run the block with the fused ops dispatched as `mode` (one of MODES); restores the previous mode."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"unknown kernel mode {mode!r}; known: {MODES}")
+    prev, _mode = _mode, mode
+    try:
+        yield
+    finally:
+        _mode = prev
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return (_rms_norm if use_triton(x) else rms_norm_ref)(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return (_add_rms_norm if use_triton(x) else add_rms_norm_ref)(x, residual, weight, eps)
+
+
+def rope_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> None:
+    (_rope_store_kv if use_triton(q) else rope_store_kv_ref)(q, k, v, cos, sin, k_cache, v_cache, slot_mapping)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    return (_silu_mul if use_triton(x) else silu_mul_ref)(x)
