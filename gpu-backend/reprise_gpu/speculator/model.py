@@ -1,0 +1,168 @@
+"""The FP8 speculator: predicts every layer's K (after RoPE) and V for the new tokens of a batch.
+
+It runs one layer at a time so a decoder can interleave it with decoding:
+
+    run = spec.start([SeqInput(token_ids, start, past_kv), ...])
+    for layer in range(n_layers):
+        preds = run.predict(layer)          # per sequence: float32 [2, KH, n_new, D] (K after RoPE, V)
+        run.observe(layer, exact)           # per sequence: the true K/V of those tokens (decoded or known)
+
+Layer l (recipe "w8a8-kvx"; the plain "w8a8" skips the marked steps):
+    n = rmsnorm(h) -> FP8 per token;  [k|v] = n W_kv (two-term FP8*)     -> prediction: rope(k), v
+    observe: r = [unrope(K) - k | V - v];  h += rms(h) * (r G)*            (ridge correction)
+    q = rmsnorm(h) W_q (FP8);  o = attention(q, exact K/V* of positions <= own)
+    h += o W_o;  h += silu(g) * u W_down with [g|u] = rmsnorm(h) W_gate_up   (all FP8)
+Row-invariant arithmetic (cpu_ops on the CPU, cuda_ops on CUDA) makes each sequence's predictions
+independent of batching and of how its tokens are split across calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import cpu_ops
+from .quantize import SpecWeights
+from .recipe import fingerprint
+
+
+@dataclass
+class SeqInput:
+    token_ids: torch.Tensor             # [n] int64, the new tokens
+    start: int                          # position of token_ids[0]
+    past_kv: torch.Tensor | None = None  # [L, 2, KH, start, D]: exact KV (exact-KV recipes) or the speculator's own
+
+
+def backend_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        from . import cuda_ops
+        return cuda_ops.backend_name(device)
+    return "cpu-exact"
+
+
+class Speculator:
+    def __init__(self, weights: SpecWeights, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.w = weights.to(self.device)
+        self.args, self.recipe = weights.args, weights.recipe
+        if self.device.type == "cuda":
+            from . import cuda_ops as ops
+        else:
+            ops = cpu_ops
+        self.ops = ops
+        self.fingerprint = fingerprint(weights.digest, self.recipe, backend_name(self.device))
+
+    def start(self, seqs: list[SeqInput]) -> "Run":
+        return Run(self, seqs)
+
+    def predict_all(self, seqs: list[SeqInput], exact: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Encoder side: predictions [L, 2, KH, n, D] per sequence given the true K/V `exact` of the same
+        shape (needed by exact-KV recipes; plain "w8a8" may pass None)."""
+        run = self.start(seqs)
+        out = [[] for _ in seqs]
+        for layer in range(self.args.n_layers):
+            for o, p in zip(out, run.predict(layer)):
+                o.append(p)
+            run.observe(layer, None if exact is None else [e[layer] for e in exact])
+        return [torch.stack(o) for o in out]
+
+
+class Run:
+    def __init__(self, spec: Speculator, seqs: list[SeqInput]):
+        self.spec, self.seqs = spec, seqs
+        a, dev = spec.args, spec.device
+        self.lens = [int(s.token_ids.numel()) for s in seqs]
+        ids = torch.cat([s.token_ids.reshape(-1).to(dev) for s in seqs])
+        self.pos = torch.cat([torch.arange(s.start, s.start + n, device=dev) for s, n in zip(seqs, self.lens)])
+        cos_sin = spec.w.rope[self.pos]
+        self.cos, self.sin = cos_sin[:, None, : a.head_dim // 2], cos_sin[:, None, a.head_dim // 2:]
+        self.h = spec.w.embed[ids].float()
+        self.layer = 0
+        self.pending = None
+        self.own_kv: list[list[torch.Tensor]] = [[] for _ in seqs]   # per layer [2, KH, n, D]: what attention used
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(x, self.lens))
+
+    def predict(self, layer: int) -> list[torch.Tensor]:
+        assert layer == self.layer and self.pending is None, "predict(l) then observe(l), in layer order"
+        a, w, ops, r = self.spec.args, self.spec.w.layers[layer], self.spec.ops, self.spec.recipe
+        T, KH, D, q_size = self.h.shape[0], a.n_kv_heads, a.head_dim, a.q_size
+        n, rms = ops.rms_norm(self.h, w["g1"], a.norm_eps)
+        nq = ops.quant_rows(n)
+        q = None
+        if r.kv_split:
+            dq = ops.quant_rows(n - nq[1][:, None] * nq[0].float())       # the activation's own rounding error
+            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"])
+        else:
+            qkv = ops.linear(nq, w["qkv"], w["qkv_s"])
+            q, kv = qkv[:, :q_size], qkv[:, q_size:]
+        k_pre = kv[:, : KH * D].reshape(T, KH, D)
+        v = kv[:, KH * D:].reshape(T, KH, D)
+        k = ops.rope(k_pre, self.cos, self.sin)
+        self.pending = dict(n=n, nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v)
+        return [torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]) for kk, vv in zip(self._split(k), self._split(v))]
+
+    def observe(self, layer: int, exact: list[torch.Tensor] | None) -> None:
+        assert layer == self.layer and self.pending is not None
+        a, w, ops, r, p = self.spec.args, self.spec.w.layers[layer], self.spec.ops, self.spec.recipe, self.pending
+        T, H, KH, D = self.h.shape[0], a.n_heads, a.n_kv_heads, a.head_dim
+        self.pending, self.layer = None, layer + 1
+        if r.exact_kv_attention or r.correction:
+            if exact is None:
+                raise ValueError(f"recipe {r.name} needs the exact K/V of every layer")
+            ex = torch.cat([e.to(self.spec.device).float().permute(2, 0, 1, 3) for e in exact])   # [T, 2, KH, D]
+            k_ex, v_ex = ex[:, 0], ex[:, 1]                               # [T, KH, D]
+        k_att, v_att = (k_ex, v_ex) if r.exact_kv_attention else (p["k"], p["v"])
+        for i, (kk, vv) in enumerate(zip(self._split(k_att), self._split(v_att))):
+            self.own_kv[i].append(torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]))
+        if layer == a.n_layers - 1:
+            return                                                        # nothing after the last K/V is needed
+        q, nq = p["q"], p["nq"]
+        if r.correction:
+            res = torch.cat([(ops.rope(k_ex, self.cos, self.sin, inverse=True) - p["k_pre"]).reshape(T, -1),
+                             (v_ex - p["v"]).reshape(T, -1)], dim=1)
+            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
+            self.h = self.h + du * p["rms"]
+            n, _ = ops.rms_norm(self.h, w["g1"], a.norm_eps)
+            nq, q = ops.quant_rows(n), None
+        if q is None:
+            wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
+            q = ops.linear(nq, wq, sq)
+        q = ops.rope(q.reshape(T, H, D), self.cos, self.sin)
+        o = torch.empty(T, H, D, dtype=torch.float32, device=self.h.device)
+        base = 0
+        for i, (s, nb) in enumerate(zip(self.seqs, self.lens)):
+            cur = self.own_kv[i][layer]                                   # [2, KH, nb, D]
+            if s.start:
+                if s.past_kv is None:
+                    raise ValueError("a sequence that starts after position 0 needs past_kv")
+                cur = torch.cat([s.past_kv[layer].to(cur.device).float(), cur], dim=2)
+            o[base:base + nb] = ops.attention(q[base:base + nb], cur[0].transpose(0, 1), cur[1].transpose(0, 1),
+                                              self.pos[base:base + nb], D ** -0.5)
+            base += nb
+        self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"])
+        n2, _ = ops.rms_norm(self.h, w["g2"], a.norm_eps)
+        gu = ops.linear(ops.quant_rows(n2), w["gate_up"], w["gate_up_s"])
+        act = ops.silu_mul(gu[:, : a.ffn_dim], gu[:, a.ffn_dim:])
+        self.h = self.h + ops.linear(ops.quant_rows(act), w["down"], w["down_s"])
+
+    def own_past(self, i: int) -> torch.Tensor:
+        """[L, 2, KH, n, D]: the K/V this run attended with for sequence i (its past_kv for a next call)."""
+        return torch.stack(self.own_kv[i])
+
+
+class SpeculatorPredictor:
+    """Adapts a one-sequence Run to the codec's Predictor protocol (NumPy in and out)."""
+
+    def __init__(self, run: Run):
+        assert len(run.seqs) == 1
+        self.run = run
+
+    def predict(self, layer: int) -> np.ndarray:
+        return self.run.predict(layer)[0].cpu().numpy()
+
+    def observe(self, layer: int, values: np.ndarray) -> None:
+        self.run.observe(layer, [torch.from_numpy(np.ascontiguousarray(values))])
