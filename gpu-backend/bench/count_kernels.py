@@ -7,7 +7,7 @@ Runs the decode-graph function (model forward + logits + argmax) of a preset wit
 CUDA (views, `empty` and other metadata ops excluded; a GEMM counts 1), plus every Triton launch (in
 the interpreter, TRITON_INTERPRET=1). Kernels per step = fixed + per_layer * n_layers, from runs with
 1 and 2 layers. Mode "reference" is the unfused PyTorch path (what ran before the fused kernels),
-"triton" the path CUDA takes now. Host syncs (`.item()`, `.tolist()`) are counted too: a decode step
+"triton" the path CUDA takes now; paged attention is the Triton kernel in both, as on CUDA. Host syncs (`.item()`, `.tolist()`) are counted too: a decode step
 must have none to be captured in a CUDA graph.
 """
 
@@ -111,9 +111,20 @@ def count_step(preset: str, n_layers: int, batch: int, mode: str, dtype=torch.bf
     pos = torch.full((batch,), ctx - 1, dtype=torch.int64)
     step = decode_step_fn(model, kv)
     counter = KernelCounter()
-    with torch.inference_mode(), ops.kernel_mode(mode), count_triton(counter), counter:
+    with torch.inference_mode(), ops.kernel_mode(mode), triton_attention(), count_triton(counter), counter:
         step(ids, pos, attn)
     return counter
+
+
+@contextlib.contextmanager
+def triton_attention():
+    """Paged attention through Triton in every mode, as on CUDA (mode "reference" keeps it there too)."""
+    prev = ops.use_triton_attention
+    ops.use_triton_attention = lambda q: True
+    try:
+        yield
+    finally:
+        ops.use_triton_attention = prev
 
 
 def count(preset: str, batch: int, mode: str) -> dict:

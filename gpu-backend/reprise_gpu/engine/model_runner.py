@@ -2,12 +2,16 @@
 
 Mixed and prefill steps run eagerly. On CUDA, pure-decode steps replay a CUDA graph captured per
 batch size in GRAPH_BATCH_SIZES (the batch is padded up to the next size; padded rows read and write
-only the reserved block 0). Inputs reach a graph through two pinned host buffers and three H2D copies.
+only the reserved block 0). A graph computes the logits and their argmax, so an all-greedy decode
+step reads back B token ids and nothing else. Inputs reach a graph through two pinned host buffers and
+two H2D copies: ids, positions, slots and context lengths in one; the block tables, from a host mirror
+that rewrites a row only when its sequence or table length changed, in the other.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +28,26 @@ log = logging.getLogger(__name__)
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+@dataclass
+class DecodeGraph:
+    graph: object               # torch.cuda.CUDAGraph, or EagerReplay off CUDA
+    logits: torch.Tensor        # [bs, vocab] float32, written by replay()
+    tokens: torch.Tensor        # [bs] int64, argmax of logits
+
+
+class EagerReplay:
+    """Stands in for a CUDA graph off CUDA: replay() reruns the step on the same static input tensors,
+    so the CPU tests exercise the graph path's input packing, padding and outputs."""
+
+    def __init__(self, fn, *inputs):
+        self.fn, self.inputs = fn, inputs
+        self.outputs = fn(*inputs)
+
+    def replay(self) -> None:
+        for out, new in zip(self.outputs, self.fn(*self.inputs)):
+            out.copy_(new)
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int, max_model_len: int,
                  max_num_seqs: int, dtype: torch.dtype, device: torch.device | str, cuda_graphs: bool = True,
@@ -37,11 +61,11 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.kv_cache = alloc_kv_cache(self.args, num_blocks, block_size, dtype, self.device)
         self._weights_sha256: str | None = None
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # torch.compile fuses the elementwise ops (norms, RoPE, SwiGLU) between the GEMMs, so a decode
-        # graph replays ~4x fewer kernels; it falls back to the eager forward if compilation fails.
+        self.graphs: dict[int, DecodeGraph] = {}
+        # torch.compile may fuse what is left between the GEMMs and the Triton kernels; it falls back to
+        # the eager step if compilation fails.
         self.compiled = compile_decode
-        self._decode_fn = torch.compile(self.forward_logits, dynamic=True) if compile_decode else self.forward_logits
+        self._decode_fn = torch.compile(self.decode_step, dynamic=True) if compile_decode else self.decode_step
         if cuda_graphs and self.device.type == "cuda":
             self.capture_graphs(max_num_seqs)
 
@@ -100,10 +124,14 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> list[int | None]:
         """Run one step; returns the sampled token for each seq that reached its end, None for the others."""
-        sampling = [i for i in range(len(batch)) if batch.samples(i)]
+        n = len(batch)
+        sampling = [i for i, (s, k) in enumerate(zip(batch.seqs, batch.num_new)) if s.num_cached + k == len(s)]
         graph_bs = self._graph_size(batch)
         if graph_bs is not None:
-            logits = self._replay(batch, graph_bs)[:len(batch)]
+            g = self._replay(batch, graph_bs)
+            if len(sampling) == n and all(s.params.greedy for s in batch.seqs):
+                return g.tokens[:n].tolist()
+            logits = g.logits[:n]
         else:
             ids, pos, attn = self._eager_inputs(batch)
             hidden = self.model(ids, pos, attn, self.kv_cache)
@@ -125,57 +153,108 @@ class ModelRunner:
         return out
 
     def forward_logits(self, ids: torch.Tensor, pos: torch.Tensor, attn: AttnMetadata) -> torch.Tensor:
-        """Logits of every row (what a decode graph computes)."""
+        """Logits of every row."""
         return self.model.compute_logits(self.model(ids, pos, attn, self.kv_cache))
+
+    def decode_step(self, ids: torch.Tensor, pos: torch.Tensor, attn: AttnMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, greedy tokens) of every row: what a decode graph computes."""
+        logits = self.forward_logits(ids, pos, attn)
+        return logits, logits.argmax(dim=-1)
 
     def _graph_size(self, batch: ScheduledBatch) -> int | None:
         if not self.graphs or not batch.is_decode:
             return None
         return next((s for s in self.graphs if s >= len(batch)), None)
 
-    def _replay(self, batch: ScheduledBatch, bs: int) -> torch.Tensor:
-        i64, i32, bt = self._host_inputs(batch, pad_to=bs)
-        self._h64[:3 * bs].numpy()[:] = i64
-        self._h32[:2 * bs + 1].numpy()[:] = i32
-        w = bt.shape[1]
-        self._hbt[:bs * w].numpy()[:] = bt.reshape(-1)
-        self._d64[:3 * bs].copy_(self._h64[:3 * bs], non_blocking=True)
-        self._d32[:2 * bs + 1].copy_(self._h32[:2 * bs + 1], non_blocking=True)
+    def _replay(self, batch: ScheduledBatch, bs: int) -> DecodeGraph:
+        """Pack a decode batch, padded to bs rows, into the graph's inputs and replay it."""
+        seqs, n, blk = batch.seqs, len(batch), self.block_size
+        h64, ctx = self._h64_np, self._h32_np[6 * bs:7 * bs]       # int64 [ids | pos | slots | ctx as int32]
+        pos = [s.num_cached for s in seqs]
+        h64[:n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
+        h64[bs:bs + n] = pos
+        h64[2 * bs:2 * bs + n] = [s.block_table[p // blk] * blk + p % blk for s, p in zip(seqs, pos)]
+        ctx[:n] = pos
+        ctx[:n] += 1
+        if n < bs:  # padding rows: token 0 at position 0 into slot 0 (block 0), context 1
+            for k in range(3):
+                h64[k * bs + n:(k + 1) * bs] = 0
+            ctx[n:] = 1
+        w = self._sync_block_tables(seqs)
+        stage = self._hbt_np[:bs * w].reshape(bs, w)
+        stage[:] = self._bt_mirror[:bs, :w]
+        m = 3 * bs + (bs + 1) // 2
+        self._d64[:m].copy_(self._h64[:m], non_blocking=True)
         self._dbt[:bs, :w].copy_(self._hbt[:bs * w].view(bs, w), non_blocking=True)
-        graph, logits = self.graphs[bs]
-        graph.replay()
-        return logits
+        g = self.graphs[bs]
+        g.graph.replay()
+        return g
+
+    def _sync_block_tables(self, seqs: list[Sequence]) -> int:
+        """Bring the host mirror's rows [0, len(seqs)) up to the sequences' block tables -> widest table.
+
+        A row is rewritten only when its sequence's table is another list object (another sequence, or
+        one freed and re-allocated) or has grown (only its new tail is written): the BlockManager only
+        appends to a table or replaces it. Rows past len(seqs) keep stale but valid block ids; padding
+        rows read only their column 0 and their output is discarded.
+        """
+        rows, lens, mirror = self._bt_rows, self._bt_lens, self._bt_mirror
+        w = 1
+        for b, s in enumerate(seqs):
+            t = s.block_table
+            k = len(t)
+            if rows[b] is not t or k < lens[b]:
+                mirror[b, :k] = t
+                rows[b], lens[b] = t, k
+            elif k != lens[b]:
+                mirror[b, lens[b]:k] = t[lens[b]:]
+                lens[b] = k
+            if k > w:
+                w = k
+        return w
 
     # ---- CUDA graphs ----------------------------------------------------------------------------
     def capture_graphs(self, max_num_seqs: int) -> None:
+        """A decode graph per batch size up to max_num_seqs (off CUDA: EagerReplay stand-ins, for tests)."""
         sizes = [s for s in GRAPH_BATCH_SIZES if s < max_num_seqs]
         sizes.append(next((s for s in GRAPH_BATCH_SIZES if s >= max_num_seqs), GRAPH_BATCH_SIZES[-1]))
         top = max(sizes)
-        dev = self.device
-        # Packed device inputs; a graph of size bs uses the first 3*bs / 2*bs+1 entries.
-        self._d64 = torch.zeros(3 * top, dtype=torch.int64, device=dev)
-        self._d32 = torch.zeros(2 * top + 1, dtype=torch.int32, device=dev)
+        dev, on_cuda = self.device, self.device.type == "cuda"
+        # Packed inputs; a graph of size bs reads ids, positions, slots (int64) from [0, 3 bs) and its
+        # context lengths (int32) from the next (bs + 1) // 2 int64 words.
+        n64 = 3 * top + (top + 1) // 2
+        self._d64 = torch.zeros(n64, dtype=torch.int64, device=dev)
         self._dbt = torch.zeros(top, self.max_blocks_per_seq, dtype=torch.int32, device=dev)
-        self._h64 = torch.zeros(3 * top, dtype=torch.int64).pin_memory()
-        self._h32 = torch.zeros(2 * top + 1, dtype=torch.int32).pin_memory()
-        self._hbt = torch.zeros(top * self.max_blocks_per_seq, dtype=torch.int32).pin_memory()
+        self._h64 = torch.zeros(n64, dtype=torch.int64, pin_memory=on_cuda)
+        self._hbt = torch.zeros(top * self.max_blocks_per_seq, dtype=torch.int32, pin_memory=on_cuda)
+        self._h64_np, self._hbt_np = self._h64.numpy(), self._hbt.numpy()
+        self._h32_np = self._h64_np.view(np.int32)
+        self._bt_mirror = np.zeros((top, self.max_blocks_per_seq), dtype=np.int32)
+        self._bt_rows: list[list[int] | None] = [None] * top
+        self._bt_lens = [0] * top
         pool = None
         for bs in sorted(sizes, reverse=True):
-            self._d32[:bs + 1] = torch.arange(bs + 1, dtype=torch.int32, device=dev)
-            self._d32[bs + 1:2 * bs + 1] = 1
-            ids, pos = self._d64[:bs], self._d64[bs:2 * bs]
-            attn = AttnMetadata(cu_seqlens_q=self._d32[:bs + 1], context_lens=self._d32[bs + 1:2 * bs + 1],
-                                block_tables=self._dbt[:bs], slot_mapping=self._d64[2 * bs:3 * bs],
-                                max_seqlen_q=1, max_context_len=self.max_model_len)
+            ids, pos, slots = self._d64[:bs], self._d64[bs:2 * bs], self._d64[2 * bs:3 * bs]
+            ctx = self._d64[3 * bs:3 * bs + (bs + 1) // 2].view(torch.int32)[:bs]
+            self._d64[:3 * bs].zero_()
+            ctx.fill_(1)
+            attn = AttnMetadata(cu_seqlens_q=torch.arange(bs + 1, dtype=torch.int32, device=dev), context_lens=ctx,
+                                block_tables=self._dbt[:bs], slot_mapping=slots, max_seqlen_q=1,
+                                max_context_len=self.max_model_len)
             with torch.inference_mode():
-                self._warm_up(ids, pos, attn)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    logits = self._decode_fn(ids, pos, attn)
-            pool = graph.pool()
-            self.graphs[bs] = (graph, logits)
+                if on_cuda:
+                    self._warm_up(ids, pos, attn)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        logits, tokens = self._decode_fn(ids, pos, attn)
+                    pool = graph.pool()
+                else:
+                    graph = EagerReplay(self._decode_fn, ids, pos, attn)
+                    logits, tokens = graph.outputs
+            self.graphs[bs] = DecodeGraph(graph, logits, tokens)
         self.graphs = dict(sorted(self.graphs.items()))
-        torch.cuda.synchronize(dev)
+        if on_cuda:
+            torch.cuda.synchronize(dev)
 
     def _warm_up(self, ids, pos, attn) -> None:
         """One run outside the graph: JIT-compiles the Triton kernels (and the torch.compile graph)."""
@@ -185,7 +264,7 @@ class ModelRunner:
             if not self.compiled:
                 raise
             log.exception("torch.compile of the decode step failed; capturing the eager forward instead")
-            self.compiled, self._decode_fn = False, self.forward_logits
+            self.compiled, self._decode_fn = False, self.decode_step
             self._decode_fn(ids, pos, attn)
         torch.cuda.synchronize(self.device)
 

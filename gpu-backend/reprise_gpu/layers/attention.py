@@ -57,7 +57,7 @@ class AttnMetadata:
 
 def paged_attention_fn(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, attn: AttnMetadata,
                        scale: float) -> torch.Tensor:
-    """q [T, H, D] -> [T, H, D]: the Triton kernel on CUDA (and on CPU outside ops mode "auto"), else the reference."""
+    """q [T, H, D] -> [T, H, D]: the Triton kernel on CUDA (and on CPU in ops mode "triton"), else the reference."""
     fn = paged_attention if ops.use_triton_attention(q) else paged_attention_ref
     return fn(q, k_cache, v_cache, attn.cu_seqlens_q, attn.context_lens, attn.block_tables, attn.max_seqlen_q,
               scale=scale)

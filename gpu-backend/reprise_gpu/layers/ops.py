@@ -4,8 +4,8 @@
     "triton"     Triton always (on CPU tensors through TRITON_INTERPRET=1: tests, kernel counts)
     "reference"  the PyTorch references even on CUDA: the unfused baseline (bench --variants)
 
-Paged attention has no graph-capturable reference, so it runs the Triton kernel on CUDA in every mode,
-and on CPU tensors in modes "triton" and "reference" (so "reference" is what the GPU baseline runs).
+Paged attention has no graph-capturable reference, so it runs the Triton kernel on CUDA in every mode
+(and on CPU tensors in mode "triton").
 The mode is read when a forward runs: a CUDA graph keeps the kernels of the mode it was captured in.
 """
 
@@ -28,7 +28,7 @@ def use_triton(x: torch.Tensor) -> bool:
 
 
 def use_triton_attention(q: torch.Tensor) -> bool:
-    return q.is_cuda or _mode != "auto"
+    return q.is_cuda or _mode == "triton"
 
 
 @contextlib.contextmanager
