@@ -54,6 +54,9 @@ def exp_det(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < -708.0, torch.zeros_like(p), p * two_n)
 
 
+BACKEND = "cpu-exact"
+
+
 def rms_norm(h: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """h [T, dim] float32 -> (g * bf16(h / rms) rounded to BF16 as the target does, rms [T, 1] float32)."""
     hd = h.double()
@@ -76,8 +79,13 @@ def fp8_gemm(a: torch.Tensor, sa: torch.Tensor, b: torch.Tensor, sb: torch.Tenso
     return (acc * (sa.double()[:, None] * 2.0 ** -18)) * sb.double()[None, :]
 
 
-def linear(xq, b, sb) -> torch.Tensor:
-    """xq = (codes, scale) of the activations; b, sb the weight codes and row scales -> float32."""
+def backend_name(device) -> str:
+    return BACKEND
+
+
+def linear(xq, b, sb, wide: bool = False) -> torch.Tensor:
+    """xq = (codes, scale) of the activations; b, sb the weight codes and row scales -> float32.
+    (`wide` marks the gate/up output, which the CUDA path keeps in BF16.)"""
     return fp8_gemm(xq[0], xq[1], b, sb).float()
 
 
@@ -97,6 +105,51 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     g = gate.double()
     return (g / (1.0 + exp_det(-g)) * up.double()).float()
+
+
+def norm_quant(h: torch.Tensor, g: torch.Tensor, eps: float, split: bool):
+    """-> ((codes, scale) of n = rmsnorm(h) * g, (codes, scale) of n's own rounding error or None, rms [T, 1])."""
+    n, rms = rms_norm(h, g, eps)
+    nq = quant_rows(n)
+    return nq, (quant_rows(n - nq[1][:, None] * nq[0].float()) if split else None), rms
+
+
+def silu_mul_quant(gu: torch.Tensor, F: int):
+    return quant_rows(silu_mul(gu[:, :F], gu[:, F:]))
+
+
+class KVStore:
+    """Per sequence and layer, the K/V attention reads: past (given) then each call's new tokens."""
+
+    def __init__(self, args, seqs, lens, device):
+        self.args, self.lens = args, lens
+        self.kv = [[None] * args.n_layers for _ in seqs]
+        for i, s in enumerate(seqs):
+            if s.start:
+                if s.past_kv is None:
+                    raise ValueError("a sequence that starts after position 0 needs past_kv")
+                for layer in range(args.n_layers):
+                    self.kv[i][layer] = s.past_kv[layer].to(device).float().permute(0, 2, 1, 3)   # [2, ctx, KH, D]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [T, KH, D] float32 for the new tokens of every sequence, concatenated."""
+        for i, (kk, vv) in enumerate(zip(torch.split(k, self.lens), torch.split(v, self.lens))):
+            new = torch.stack([kk, vv])
+            old = self.kv[i][layer]
+            self.kv[i][layer] = new if old is None else torch.cat([old, new], dim=1)
+
+    def attend(self, layer: int, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out, base = [], 0
+        for i, n in enumerate(self.lens):
+            kv = self.kv[i][layer]
+            out.append(attention(q[base:base + n], kv[0], kv[1], pos[base:base + n], self.args.head_dim ** -0.5))
+            base += n
+        return torch.cat(out) if out else q.new_zeros(q.shape)
+
+    def new_kv(self, i: int) -> torch.Tensor:
+        """[L, 2, KH, n, D]: the K/V sequence i's new tokens were attended with."""
+        n = self.lens[i]
+        return torch.stack([kv[:, kv.shape[1] - n:].permute(0, 2, 1, 3) for kv in self.kv[i]])
 
 
 def to_fixed(x: torch.Tensor, bits: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

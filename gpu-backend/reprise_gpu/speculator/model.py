@@ -35,24 +35,20 @@ class SeqInput:
     past_kv: torch.Tensor | None = None  # [L, 2, KH, start, D]: exact KV (exact-KV recipes) or the speculator's own
 
 
-def backend_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        from . import cuda_ops
-        return cuda_ops.backend_name(device)
-    return "cpu-exact"
-
-
 class Speculator:
-    def __init__(self, weights: SpecWeights, device: torch.device | str = "cpu"):
+    def __init__(self, weights: SpecWeights, device: torch.device | str = "cpu", ops: str = "auto"):
+        """ops: "auto" (cpu_ops on the CPU, cuda_ops on CUDA) or "cuda" (the CUDA path on CPU tensors:
+        Triton interpreter smoke tests only)."""
         self.device = torch.device(device)
         self.w = weights.to(self.device)
         self.args, self.recipe = weights.args, weights.recipe
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" or ops == "cuda":
             from . import cuda_ops as ops
+            ops.setup(self.device)
         else:
             ops = cpu_ops
         self.ops = ops
-        self.fingerprint = fingerprint(weights.digest, self.recipe, backend_name(self.device))
+        self.fingerprint = fingerprint(weights.digest, self.recipe, ops.backend_name(self.device))
 
     def start(self, seqs: list[SeqInput]) -> "Run":
         return Run(self, seqs)
@@ -79,9 +75,9 @@ class Run:
         cos_sin = spec.w.rope[self.pos]
         self.cos, self.sin = cos_sin[:, None, : a.head_dim // 2], cos_sin[:, None, a.head_dim // 2:]
         self.h = spec.w.embed[ids].float()
+        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev)
         self.layer = 0
         self.pending = None
-        self.own_kv: list[list[torch.Tensor]] = [[] for _ in seqs]   # per layer [2, KH, n, D]: what attention used
 
     def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(x, self.lens))
@@ -90,11 +86,9 @@ class Run:
         assert layer == self.layer and self.pending is None, "predict(l) then observe(l), in layer order"
         a, w, ops, r = self.spec.args, self.spec.w.layers[layer], self.spec.ops, self.spec.recipe
         T, KH, D, q_size = self.h.shape[0], a.n_kv_heads, a.head_dim, a.q_size
-        n, rms = ops.rms_norm(self.h, w["g1"], a.norm_eps)
-        nq = ops.quant_rows(n)
+        nq, dq, rms = ops.norm_quant(self.h, w["g1"], a.norm_eps, r.kv_split)
         q = None
         if r.kv_split:
-            dq = ops.quant_rows(n - nq[1][:, None] * nq[0].float())       # the activation's own rounding error
             kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"])
         else:
             qkv = ops.linear(nq, w["qkv"], w["qkv_s"])
@@ -102,7 +96,7 @@ class Run:
         k_pre = kv[:, : KH * D].reshape(T, KH, D)
         v = kv[:, KH * D:].reshape(T, KH, D)
         k = ops.rope(k_pre, self.cos, self.sin)
-        self.pending = dict(n=n, nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v)
+        self.pending = dict(nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v)
         return [torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]) for kk, vv in zip(self._split(k), self._split(v))]
 
     def observe(self, layer: int, exact: list[torch.Tensor] | None) -> None:
@@ -114,10 +108,11 @@ class Run:
             if exact is None:
                 raise ValueError(f"recipe {r.name} needs the exact K/V of every layer")
             ex = torch.cat([e.to(self.spec.device).float().permute(2, 0, 1, 3) for e in exact])   # [T, 2, KH, D]
-            k_ex, v_ex = ex[:, 0], ex[:, 1]                               # [T, KH, D]
-        k_att, v_att = (k_ex, v_ex) if r.exact_kv_attention else (p["k"], p["v"])
-        for i, (kk, vv) in enumerate(zip(self._split(k_att), self._split(v_att))):
-            self.own_kv[i].append(torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]))
+            k_ex, v_ex = ex[:, 0], ex[:, 1]
+        if r.exact_kv_attention:
+            self.kv.append(layer, k_ex, v_ex)
+        else:
+            self.kv.append(layer, p["k"], p["v"])
         if layer == a.n_layers - 1:
             return                                                        # nothing after the last K/V is needed
         q, nq = p["q"], p["nq"]
@@ -126,32 +121,21 @@ class Run:
                              (v_ex - p["v"]).reshape(T, -1)], dim=1)
             du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
             self.h = self.h + du * p["rms"]
-            n, _ = ops.rms_norm(self.h, w["g1"], a.norm_eps)
-            nq, q = ops.quant_rows(n), None
+            nq, _, _ = ops.norm_quant(self.h, w["g1"], a.norm_eps, False)
+            q = None
         if q is None:
             wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
             q = ops.linear(nq, wq, sq)
         q = ops.rope(q.reshape(T, H, D), self.cos, self.sin)
-        o = torch.empty(T, H, D, dtype=torch.float32, device=self.h.device)
-        base = 0
-        for i, (s, nb) in enumerate(zip(self.seqs, self.lens)):
-            cur = self.own_kv[i][layer]                                   # [2, KH, nb, D]
-            if s.start:
-                if s.past_kv is None:
-                    raise ValueError("a sequence that starts after position 0 needs past_kv")
-                cur = torch.cat([s.past_kv[layer].to(cur.device).float(), cur], dim=2)
-            o[base:base + nb] = ops.attention(q[base:base + nb], cur[0].transpose(0, 1), cur[1].transpose(0, 1),
-                                              self.pos[base:base + nb], D ** -0.5)
-            base += nb
+        o = self.kv.attend(layer, q, self.pos)
         self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"])
-        n2, _ = ops.rms_norm(self.h, w["g2"], a.norm_eps)
-        gu = ops.linear(ops.quant_rows(n2), w["gate_up"], w["gate_up_s"])
-        act = ops.silu_mul(gu[:, : a.ffn_dim], gu[:, a.ffn_dim:])
-        self.h = self.h + ops.linear(ops.quant_rows(act), w["down"], w["down_s"])
+        nq2, _, _ = ops.norm_quant(self.h, w["g2"], a.norm_eps, False)
+        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True)
+        self.h = self.h + ops.linear(ops.silu_mul_quant(gu, a.ffn_dim), w["down"], w["down_s"])
 
     def own_past(self, i: int) -> torch.Tensor:
-        """[L, 2, KH, n, D]: the K/V this run attended with for sequence i (its past_kv for a next call)."""
-        return torch.stack(self.own_kv[i])
+        """[L, 2, KH, n, D]: the K/V this run attended with for sequence i's new tokens (a next call's past_kv)."""
+        return self.kv.new_kv(i)
 
 
 class SpeculatorPredictor:

@@ -1,0 +1,201 @@
+"""Fused activation quantization for the FP8 speculator: one pass over each row, no eager amax/divide/cast.
+
+    norm_quant(h, g, eps, split)  n = bf16(g * bf16(h / rms(h))); (codes, scale) = e4m3 rows of n;
+                                  with split also (dcodes, dscale) = e4m3 rows of n - scale * codes
+    silu_mul_quant(gu, F)         a = silu(gu[:, :F]) * gu[:, F:]; (codes, scale) = e4m3 rows of a
+    quant_rows(x)                 (codes, scale) = e4m3 rows of x
+e4m3 rows: scale = amax(row) / 448 (1 for an all-zero row), codes = e4m3(row / scale), round to nearest
+even, saturating. Outputs feed `torch._scaled_mm` with rowwise scales (scale_a = scale[:, None]).
+
+Blocked algorithm, one program per row (so a row's bits never depend on how many rows are launched):
+
+    for c in range(0, N, BLOCK): ss += x[c:c+BLOCK]^2             # norm_quant only; BLOCK fixed
+    rms = sqrt(sum(ss) / N + eps)
+    for c in ...: amax = max(amax, |f(x[c:c+BLOCK])|)             # f = the row's elementwise function
+    scale = amax / 448
+    for c in ...: codes[c:c+BLOCK] = e4m3(f(x) / scale)           # recompute f rather than store it
+Memory: reads the row 2-3 times (from L2 for rows up to a few hundred KB), writes 1 byte per element.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+BLOCK = 1024          # columns per inner step; fixed so the reduction order never depends on the launch
+NUM_WARPS = 4
+
+
+@triton.jit
+def _norm_row(x, g, rms):
+    n = (x / rms).to(tl.bfloat16).to(tl.float32) * g
+    return n.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _norm_quant_kernel(
+    # pointers
+    h_ptr, g_ptr, codes_ptr, scale_ptr, rms_ptr, dcodes_ptr, dscale_ptr,
+    # sizes and strides
+    N, stride_h, stride_c, stride_d, eps,
+    # meta-parameters
+    SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ss = tl.zeros([BLOCK], tl.float32)
+    c = 0
+    while c < N:  # a while loop: the interpreter cannot range() over a runtime bound
+        x = tl.load(h_ptr + row * stride_h + c + cols, mask=c + cols < N, other=0.0)
+        ss += x * x
+        c += BLOCK
+    rms = tl.sqrt(tl.sum(ss, axis=0) / N + eps)
+    amax = tl.zeros([BLOCK], tl.float32)
+    c = 0
+    while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
+        m = c + cols < N
+        n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
+                      tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
+        amax = tl.maximum(amax, tl.abs(n))
+        c += BLOCK
+    scale = tl.max(amax, axis=0) / 448.0
+    scale = tl.where(scale > 0, scale, 1.0)
+    damax = tl.zeros([BLOCK], tl.float32)
+    c = 0
+    while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
+        m = c + cols < N
+        n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
+                      tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
+        q = tl.clamp(n / scale, -448.0, 448.0).to(tl.float8e4nv)
+        tl.store(codes_ptr + row * stride_c + c + cols, q, mask=m)
+        if SPLIT:
+            damax = tl.maximum(damax, tl.abs(n - scale * q.to(tl.float32)))
+        c += BLOCK
+    tl.store(scale_ptr + row, scale)
+    tl.store(rms_ptr + row, rms)
+    if SPLIT:
+        dscale = tl.max(damax, axis=0) / 448.0
+        dscale = tl.where(dscale > 0, dscale, 1.0)
+        c = 0
+        while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
+            m = c + cols < N
+            n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
+                          tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
+            q = tl.clamp(n / scale, -448.0, 448.0).to(tl.float8e4nv)
+            d = n - scale * q.to(tl.float32)
+            tl.store(dcodes_ptr + row * stride_d + c + cols, tl.clamp(d / dscale, -448.0, 448.0).to(tl.float8e4nv),
+                     mask=m)
+            c += BLOCK
+        tl.store(dscale_ptr + row, dscale)
+
+
+@triton.jit
+def _silu_mul(gu_ptr, row, stride_gu, c, cols, F):
+    m = c + cols < F
+    g = tl.load(gu_ptr + row * stride_gu + c + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * stride_gu + F + c + cols, mask=m, other=0.0).to(tl.float32)
+    return g / (1.0 + tl.exp(-g)) * u
+
+
+@triton.jit
+def _silu_mul_quant_kernel(gu_ptr, codes_ptr, scale_ptr, F, stride_gu, stride_c, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    amax = tl.zeros([BLOCK], tl.float32)
+    c = 0
+    while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
+        amax = tl.maximum(amax, tl.abs(_silu_mul(gu_ptr, row, stride_gu, c, cols, F)))
+        c += BLOCK
+    scale = tl.max(amax, axis=0) / 448.0
+    scale = tl.where(scale > 0, scale, 1.0)
+    c = 0
+    while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
+        a = _silu_mul(gu_ptr, row, stride_gu, c, cols, F)
+        tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(a / scale, -448.0, 448.0).to(tl.float8e4nv),
+                 mask=c + cols < F)
+        c += BLOCK
+    tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, N, stride_x, stride_c, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    amax = tl.zeros([BLOCK], tl.float32)
+    c = 0
+    while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
+        x = tl.load(x_ptr + row * stride_x + c + cols, mask=c + cols < N, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+        c += BLOCK
+    scale = tl.max(amax, axis=0) / 448.0
+    scale = tl.where(scale > 0, scale, 1.0)
+    c = 0
+    while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
+        m = c + cols < N
+        x = tl.load(x_ptr + row * stride_x + c + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(x / scale, -448.0, 448.0).to(tl.float8e4nv), mask=m)
+        c += BLOCK
+    tl.store(scale_ptr + row, scale)
+
+
+def norm_quant(h: torch.Tensor, g: torch.Tensor, eps: float, split: bool):
+    """h [T, N] float32, g [N] float32 -> ((codes [T, N] e4m3, scale [T] f32), (dcodes, dscale) | None, rms [T, 1] f32)."""
+    T, N = h.shape
+    assert h.dtype == torch.float32 and g.dtype == torch.float32 and g.shape == (N,) and h.stride(1) == 1
+    codes = torch.empty(T, N, dtype=E4M3, device=h.device)
+    scale = torch.empty(T, dtype=torch.float32, device=h.device)
+    rms = torch.empty(T, dtype=torch.float32, device=h.device)
+    dcodes = torch.empty_like(codes) if split else codes
+    dscale = torch.empty_like(scale) if split else scale
+    if T:
+        _norm_quant_kernel[(T,)](h, g, codes, scale, rms, dcodes, dscale, N, h.stride(0), codes.stride(0),
+                                 dcodes.stride(0), eps, SPLIT=split, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return (codes, scale), ((dcodes, dscale) if split else None), rms[:, None]
+
+
+def silu_mul_quant(gu: torch.Tensor, F: int):
+    """gu [T, 2F] (bf16 or f32; gate then up) -> (codes [T, F] e4m3, scale [T] f32) of silu(gate) * up."""
+    T = gu.shape[0]
+    assert gu.shape[1] == 2 * F and gu.stride(1) == 1
+    codes = torch.empty(T, F, dtype=E4M3, device=gu.device)
+    scale = torch.empty(T, dtype=torch.float32, device=gu.device)
+    if T:
+        _silu_mul_quant_kernel[(T,)](gu, codes, scale, F, gu.stride(0), codes.stride(0), BLOCK=BLOCK,
+                                     num_warps=NUM_WARPS)
+    return codes, scale
+
+
+def quant_rows(x: torch.Tensor):
+    """x [T, N] (bf16 or f32) -> (codes [T, N] e4m3, scale [T] f32)."""
+    T, N = x.shape
+    assert x.stride(1) == 1
+    codes = torch.empty(T, N, dtype=E4M3, device=x.device)
+    scale = torch.empty(T, dtype=torch.float32, device=x.device)
+    if T:
+        _quant_rows_kernel[(T,)](x, codes, scale, N, x.stride(0), codes.stride(0), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return codes, scale
+
+
+# ---- references: plain PyTorch, same semantics -----------------------------------------------------
+
+def quant_rows_ref(x: torch.Tensor):
+    x = x.float()
+    s = x.abs().amax(dim=-1) / E4M3_MAX if x.shape[-1] else x.new_ones(x.shape[0])
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return (x / s[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s
+
+
+def norm_quant_ref(h: torch.Tensor, g: torch.Tensor, eps: float, split: bool):
+    rms = torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    n = ((h / rms).to(torch.bfloat16).float() * g).to(torch.bfloat16).float()
+    nq = quant_rows_ref(n)
+    dq = quant_rows_ref(n - nq[1][:, None] * nq[0].float()) if split else None
+    return nq, dq, rms
+
+
+def silu_mul_quant_ref(gu: torch.Tensor, F: int):
+    g, u = gu[:, :F].float(), gu[:, F:].float()
+    return quant_rows_ref(g / (1.0 + torch.exp(-g)) * u)
