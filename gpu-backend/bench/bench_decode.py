@@ -2,6 +2,8 @@
 
     python bench/bench_decode.py results.jsonl                 # H200: smollm2-135m (GGUF) + llama3-8b (random)
     python bench/bench_decode.py /tmp/smoke.jsonl --smoke      # tiny preset on the CPU, seconds
+    python bench/bench_decode.py r.jsonl --variants fused reference --no-hf   # fused kernels vs the unfused
+                                                                # PyTorch ops they replaced, same run
 
 Per model, both implementations share the same BF16 weight tensors:
   decode   batch B in {1, 16, 64, 256}, every sequence `--context` tokens in: ours times `engine.step()`
@@ -13,6 +15,9 @@ Decode bandwidth: bytes read per step / step time, where
     bytes = every weight once (lm_head included, the embedding table only B rows)  # read W
           + sum_b ctx_b * layers * 2 (K, V) * kv_heads * head_dim * 2 bytes          # read the KV cache
 against a device-to-device copy measured in the same run (read + write of 1 GiB, bytes * 2 / time).
+--variants: "fused" runs the Triton kernels (RMSNorm + residual, RoPE + K/V store, SiLU * up; the
+default), "reference" their PyTorch references (layers/ops.py mode "reference", the pre-fusion path);
+each gets its own engine and CUDA graphs, and its rows carry "variant".
 One JSON line per measurement goes to the output path; a short table is printed last.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -34,9 +40,11 @@ from reprise_gpu.engine.detokenizer import ByteTokenizer  # noqa: E402
 from reprise_gpu.engine.llm_engine import LLMEngine  # noqa: E402
 from reprise_gpu.engine.sampling import SamplingParams  # noqa: E402
 from reprise_gpu.gguf_loader import load_gguf, random_state_dict, to_hf_state_dict  # noqa: E402
+from reprise_gpu.layers import ops  # noqa: E402
 from reprise_gpu.models.llama import build_model  # noqa: E402
 
 BLOCK = 16
+VARIANTS = {"fused": "auto", "reference": "reference"}  # -> layers/ops.py kernel mode
 
 
 def sync(dev: torch.device) -> None:
@@ -177,23 +185,18 @@ def run_model(name: str, a, dev: torch.device, copy_gbps: float, emit) -> None:
                  max_queue=max_batch + 8)
     cfg.model_args = args
     base = {"model": name, "weights": weights, "dtype": "bfloat16"}
-
-    t = time.perf_counter()
-    eng = LLMEngine(cfg, model=build_model(args, sd), tokenizer=ByteTokenizer(), cuda_graphs=not a.no_graphs,
-                    compile_decode=a.compile)
-    ours_base = {**base, "cuda_graphs": bool(eng.runner.graphs), "compiled": eng.runner.compiled}
-    emit({**ours_base, "bench": "setup", "impl": "reprise", "seconds": time.perf_counter() - t,
-          "graph_sizes": sorted(eng.runner.graphs)})
-    for n in a.prefill:                                               # first: also JIT-compiles prefill shapes
-        s = ours_prefill(eng, n, a.reps)
-        emit({**ours_base, "bench": "prefill", "impl": "reprise", "tokens": n, "ms": s * 1e3, "tokens_per_s": n / s})
-    for b in a.batches:
-        r = ours_decode(eng, b, a.context, a.warmup, a.steps)
-        decode_record(ours_base, "reprise", b, r, args, sd, copy_gbps, emit)
-    assert eng.block_manager.num_used == 0
     probe = prompt_ids(32, args.vocab_size, 7)
-    ours = eng.generate([probe], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]["token_ids"]
-    del eng
+    ours = {}
+    for variant in a.variants:
+        with ops.kernel_mode(VARIANTS[variant]):
+            ours[variant] = run_ours(a, cfg, args, sd, {**base, "variant": variant}, probe, copy_gbps, emit)
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if len(ours) > 1:
+        same = next((i for i, toks in enumerate(zip(*ours.values())) if len(set(toks)) > 1), 8)
+        emit({**base, "bench": "agreement", "between": list(ours), "greedy_tokens_equal_prefix": same, "of": 8})
+    ours = next(iter(ours.values()))
 
     if not a.no_hf:
         model = hf_model(args, sd, dev)
@@ -220,6 +223,26 @@ def run_model(name: str, a, dev: torch.device, copy_gbps: float, emit) -> None:
         torch.cuda.empty_cache()
 
 
+def run_ours(a, cfg, args, sd, base, probe, copy_gbps, emit) -> list[int]:
+    """Prefill and decode benches through one engine; returns its 8 greedy tokens after `probe`."""
+    t = time.perf_counter()
+    eng = LLMEngine(cfg, model=build_model(args, sd), tokenizer=ByteTokenizer(), cuda_graphs=not a.no_graphs,
+                    compile_decode=a.compile)
+    ours_base = {**base, "cuda_graphs": bool(eng.runner.graphs), "compiled": eng.runner.compiled}
+    emit({**ours_base, "bench": "setup", "impl": "reprise", "seconds": time.perf_counter() - t,
+          "graph_sizes": sorted(eng.runner.graphs)})
+    for n in a.prefill:                                               # first: also JIT-compiles prefill shapes
+        s = ours_prefill(eng, n, a.reps)
+        emit({**ours_base, "bench": "prefill", "impl": "reprise", "tokens": n, "ms": s * 1e3, "tokens_per_s": n / s})
+    for b in a.batches:
+        r = ours_decode(eng, b, a.context, a.warmup, a.steps)
+        decode_record(ours_base, "reprise", b, r, args, sd, copy_gbps, emit)
+    assert eng.block_manager.num_used == 0
+    tokens = eng.generate([probe], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]["token_ids"]
+    del eng
+    return tokens
+
+
 def decode_record(base, impl, batch, r, args, sd, copy_gbps, emit):
     step_s = r["step_ms"] / 1e3
     nbytes = weight_bytes_per_step(sd, args, batch) + kv_bytes_per_step(args, [int(r["ctx_tokens_mean"])] * batch)
@@ -230,7 +253,7 @@ def decode_record(base, impl, batch, r, args, sd, copy_gbps, emit):
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<14}{'impl':<10}{'workload':<16}{'ms':>10}{'tok/s':>12}{'BW/copy':>9}"]
+    lines = [f"{'model':<14}{'impl':<14}{'workload':<16}{'ms':>10}{'tok/s':>12}{'BW/copy':>9}"]
     for r in rows:
         if r["bench"] == "decode":
             w, ms, bw = f"decode b={r['batch']}", r["step_ms"], f"{r['frac_of_copy']:.0%}"
@@ -238,8 +261,8 @@ def table(rows: list[dict]) -> str:
             w, ms, bw = f"prefill {r['tokens']}", r.get("ms", float("nan")), ""
         else:
             continue
-        impl = r["impl"] + ("+c" if r.get("compiled") else "")
-        lines.append(f"{r['model']:<14}{impl:<10}{w:<16}{ms:>10.3f}{r.get('tokens_per_s', float('nan')):>12.1f}"
+        impl = r["impl"] + ("+c" if r.get("compiled") else "") + ("/ref" if r.get("variant") == "reference" else "")
+        lines.append(f"{r['model']:<14}{impl:<14}{w:<16}{ms:>10.3f}{r.get('tokens_per_s', float('nan')):>12.1f}"
                      f"{bw:>9}")
     return "\n".join(lines)
 
@@ -259,6 +282,8 @@ def main() -> None:
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step before graph capture")
+    p.add_argument("--variants", nargs="+", default=["fused"], choices=list(VARIANTS),
+                   help="kernel paths to time, each with its own engine (default: fused)")
     p.add_argument("--device", default=None)
     a = p.parse_args()
     smoke = dict(models=["tiny"], batches=[1, 4], prefill=[16, 64], context=16, steps=4, hf_steps=2, reps=1,
@@ -292,10 +317,9 @@ def main() -> None:
         run_model(name, a, dev, copy_gbps, emit)
     print(f"\nD2D copy: {copy_gbps:.0f} GB/s (read + write)   device: {meta['device_name']}")
     print(table(rows))
-    tpot = [r for r in rows if r["bench"] == "decode" and r["impl"] == "reprise" and r["model"] == "smollm2-135m"
-            and r["batch"] == 1]
-    if tpot:
-        print(f"SmolLM2 decode at batch 1: {tpot[0]['tpot_ms']:.3f} ms/token (target < 2 ms)")
+    for r in rows:
+        if r["bench"] == "decode" and r["impl"] == "reprise" and r["model"] == "smollm2-135m" and r["batch"] == 1:
+            print(f"SmolLM2 decode at batch 1 ({r['variant']}): {r['tpot_ms']:.3f} ms/token (target < 2 ms)")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def test_kv_writer_hook_on_triton_path():
     assert torch.equal(cache[0, slots], k) and torch.equal(cache[1, slots], v)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts CPU tensors through the Triton interpreter")
 def test_decode_step_kernel_count():
     """A decode step on the fused path: 9 kernels per layer (4 GEMMs, 2 norms, RoPE+store, attention,
     SiLU*up) + 6 per step, and no host sync (CUDA-graph capturable); the unfused path was 45 per layer."""
