@@ -32,7 +32,8 @@ from reprise_gpu.layers import ops  # noqa: E402
 from reprise_gpu.models.llama import AttnMetadata, alloc_kv_cache, build_model  # noqa: E402
 
 FREE = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "alias", "lift_fresh", "sym_size",
-        "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "unsqueeze", "squeeze"}
+        "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "unsqueeze", "squeeze", "promote_types",
+        "result_type"}
 SYNC = {"_local_scalar_dense", "item", "equal", "is_nonzero"}
 
 

@@ -40,6 +40,17 @@ def test_rms_norm(T, N, dtype):
     torch.testing.assert_close(out, rms_norm_ref(x, w, 1e-5), **TOL[dtype])
 
 
+def test_rms_norm_float32_weight_promotes():
+    """A float32 norm weight with bfloat16 activations gives float32 out, as `weight * x.to(bf16)` does."""
+    x, r = randn(5, 133, dtype=torch.bfloat16, seed=0), randn(5, 133, dtype=torch.bfloat16, seed=1)
+    w = randn(133, dtype=torch.float32, seed=2)
+    out, res = add_rms_norm(x, r, w, 1e-5)
+    ref_out, ref_res = add_rms_norm_ref(x, r, w, 1e-5)
+    assert out.dtype == ref_out.dtype == torch.float32 and res.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref_out, **TOL[torch.bfloat16])
+    torch.testing.assert_close(res, ref_res, **TOL[torch.bfloat16])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("T,N", [(1, 64), (7, 133), (133, 576), (3, 4096)])
 def test_add_rms_norm(T, N, dtype):

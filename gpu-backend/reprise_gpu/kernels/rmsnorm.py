@@ -1,10 +1,10 @@
 """RMSNorm (Zhang & Sennrich, 2019), optionally fused with the residual add before it, in one kernel.
 
-For each row t of x [T, N] (dtype bf16/f16/f32, weight w [N] in the same dtype):
+For each row t of x [T, N] (dtype bf16/f16/f32; weight w [N], usually the same dtype):
 
     r[t]   = x[t] + residual[t]                       # rounded to dtype: the residual stream
     n[t]   = r[t] * rsqrt(mean(r[t]^2) + eps)          # float32, rounded to dtype
-    out[t] = w * n[t]                                   # float32 product, rounded to dtype
+    out[t] = w * n[t]                                   # float32 product, rounded to promote(w, x) dtype
 
 which is HF's LlamaRMSNorm (`weight * normed.to(dtype)`) applied to `x + residual`, rounding for rounding.
 Without a residual, r = x and only `out` is written.
@@ -49,7 +49,7 @@ def _rms_norm_kernel(
         tl.store(res_out_ptr + t * stride_rot + offs, x, mask=ok)
     xf = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)
-    normed = (xf * rstd).to(out_ptr.dtype.element_ty).to(tl.float32)  # HF rounds before the weight
+    normed = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)  # HF rounds before the weight
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + t * stride_ot + offs, (w * normed).to(out_ptr.dtype.element_ty), mask=ok)
 
@@ -60,13 +60,13 @@ def _num_warps(block_n: int) -> int:
 
 def _launch(x, residual, weight, eps):
     T, N = x.shape
-    assert weight.shape == (N,) and weight.dtype == x.dtype and weight.stride(0) == 1, (weight.shape, weight.dtype)
+    assert weight.shape == (N,) and weight.stride(0) == 1, (weight.shape, weight.stride())
     assert x.stride(1) == 1, x.stride()
-    out = torch.empty(T, N, dtype=x.dtype, device=x.device)
+    out = torch.empty(T, N, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     res_out = out
     if residual is not None:
         assert residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(1) == 1
-        res_out = torch.empty_like(out)
+        res_out = torch.empty(T, N, dtype=x.dtype, device=x.device)
     if T == 0:
         return out, res_out
     block_n = triton.next_power_of_2(N)
@@ -81,13 +81,13 @@ def _launch(x, residual, weight, eps):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """out[t] = weight * (x[t] * rsqrt(mean(x[t]^2) + eps)). x: [T, N]; weight: [N], x's dtype -> [T, N]."""
+    """out[t] = weight * (x[t] * rsqrt(mean(x[t]^2) + eps)). x: [T, N]; weight: [N] -> [T, N] in the promoted dtype."""
     return _launch(x, None, weight, eps)[0]
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """r = x + residual; (rms_norm(r), r). x, residual: [T, N], same dtype; weight: [N] -> two new [T, N]."""
+    """r = x + residual; (rms_norm(r), r). x, residual: [T, N], one dtype; weight: [N] -> two new [T, N]."""
     return _launch(x, residual, weight, eps)
 
 
