@@ -431,15 +431,15 @@ class OnnxLM:
             if out[-1] == EOS or len(out) == n:
                 return out
 
-    def teacher_forced_top1(self, prompt: list[int], target: list[int]) -> tuple[int, float]:
-        """How many of `target` the ONNX model's argmax predicts when fed the target prefix; max |dlogit| step 0."""
+    def teacher_forced_top1(self, prompt: list[int], target: list[int]) -> int:
+        """How many of `target` the ONNX model's argmax predicts when fed the target prefix."""
         logits, past = self.step(prompt, self.empty_past())
         hits = 0
         for j, t in enumerate(target):
             hits += int(np.argmax(logits)) == t
             if j + 1 < len(target):
                 logits, past = self.step([t], past)
-        return hits, 0.0
+        return hits
 
 
 def first_divergence(a: list[int], b: list[int]) -> int:
@@ -479,15 +479,19 @@ def step_verify(hf_dir: Path, onnx_path: Path, force: bool, min_agree: float) ->
         kv_s = time.time() - t0
         full_ids = lm.greedy_full(prompt, GREEDY_TOKENS)
         split_ids = lm.greedy_kv(prompt, GREEDY_TOKENS, split=len(prompt) // 2)
-        hits, _ = lm.teacher_forced_top1(prompt, hf_ids)
+        hits = lm.teacher_forced_top1(prompt, hf_ids)
+        with torch.no_grad():
+            hf_logits = hf(torch.tensor([prompt])).logits[0, -1].numpy()
+        logit_err = float(np.abs(lm.step(prompt, lm.empty_past())[0] - hf_logits).max())
         agree_total, n_total = agree_total + hits, n_total + len(hf_ids)
         case = {"messages": messages, "prompt_ids": prompt, "onnx_greedy_ids": kv_ids, "hf_fp32_greedy_ids": hf_ids,
                 "onnx_text": tok.decode(kv_ids, skip_special_tokens=True),
                 "hf_text": tok.decode(hf_ids, skip_special_tokens=True),
-                "first_divergence_vs_hf": first_divergence(kv_ids, hf_ids), "top1_agreement": hits / len(hf_ids)}
+                "first_divergence_vs_hf": first_divergence(kv_ids, hf_ids), "top1_agreement": hits / len(hf_ids),
+                "max_abs_logit_diff_vs_hf": logit_err}
         log(f"verify: {messages[-1]['content']!r} -> {case['onnx_text']!r} "
             f"(HF: first divergence at {case['first_divergence_vs_hf']}/{len(hf_ids)}, "
-            f"top-1 {hits}/{len(hf_ids)}; ORT KV decode {len(kv_ids) / kv_s:.1f} tok/s)")
+            f"top-1 {hits}/{len(hf_ids)}, max |logit diff| {logit_err:.1e}; ORT KV decode {len(kv_ids) / kv_s:.1f} tok/s)")
         if kv_ids != full_ids:
             raise AssertionError(f"KV-cache decode {kv_ids} != full recompute {full_ids}")
         if kv_ids != split_ids:

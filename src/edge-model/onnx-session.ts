@@ -49,7 +49,10 @@ async function withPrecompiledOrtWasm<T>(create: () => Promise<T>): Promise<T> {
   const original = WebAssembly.instantiate;
   const redirected = ((source: unknown, imports?: WebAssembly.Imports) => {
     if (source instanceof WebAssembly.Module) return original(source, imports);
-    return original(ortWasm, imports).then((instance) => ({ instance, module: ortWasm }));
+    return original(ortWasm, imports).then((instance) => {
+      ortMemory = findMemory(imports) ?? findMemory({ exports: instance.exports });
+      return { instance, module: ortWasm };
+    });
   }) as typeof WebAssembly.instantiate;
   WebAssembly.instantiate = redirected;
   try {
@@ -57,6 +60,19 @@ async function withPrecompiledOrtWasm<T>(create: () => Promise<T>): Promise<T> {
   } finally {
     if (WebAssembly.instantiate === redirected) WebAssembly.instantiate = original;
   }
+}
+
+let ortMemory: WebAssembly.Memory | null = null;
+
+function findMemory(imports: WebAssembly.Imports | undefined): WebAssembly.Memory | null {
+  for (const ns of Object.values(imports ?? {}))
+    for (const v of Object.values(ns ?? {})) if (v instanceof WebAssembly.Memory) return v;
+  return null;
+}
+
+/** Size of ort's wasm linear memory (its high-water mark: wasm memory never shrinks), or 0 before load. */
+export function ortHeapBytes(): number {
+  return ortMemory?.buffer.byteLength ?? 0;
 }
 
 let cached: { key: string; model: Promise<EdgeModel> } | null = null;
