@@ -12,7 +12,7 @@
 //
 // Appends one JSON line per measurement to bench/results/edge-model.jsonl and prints a Markdown table.
 import { execFileSync, spawn } from "node:child_process";
-import { appendFileSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -191,6 +191,7 @@ async function workerd() {
     try {
       process.kill(-wr.pid, "SIGTERM");
     } catch {}
+    setTimeout(() => rmSync(out, { recursive: true, force: true }), 2000).unref();
   }
 }
 
