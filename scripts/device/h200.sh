@@ -25,9 +25,12 @@ case "$section" in
   stage-a)
     mkdir -p /root/stage && cp -r ../.stage/a/. /root/stage/
     for s in "$@"; do case $s in
-      tests)  step cuda-tests 240 python3 -m pytest -q -x -p no:cacheprovider tests -k "not smollm2 and not reference" ;;
+      tests)  step cuda-tests 300 python3 -m pytest -q -p no:cacheprovider tests -k "not smollm2 and not reference" ;;
+      fused)  step fused-ops 120 python3 bench/bench_fused_ops.py --out "$OUT/fused_ops.jsonl" ;;
       attn)   step paged-attention 120 python3 bench/bench_paged_attention.py --out "$OUT/paged_attention.jsonl" ;;
-      decode8b) step decode-8b 400 python3 bench/bench_decode.py "$OUT/decode_8b.jsonl" --models llama3-8b ;;
+      inv)    step invariance-8b 200 python3 -m reprise_gpu.speculator.check_invariance --model llama3-8b --layers 2 --out "$OUT/invariance_8b.json"
+              step invariance-smollm2-shape 200 python3 -m reprise_gpu.speculator.check_invariance --model smollm2-135m --out "$OUT/invariance_smollm2.json" ;;
+      decode8b) step decode-8b 500 python3 bench/bench_decode.py "$OUT/decode_8b.jsonl" --models llama3-8b ;;
       *) echo "unknown step $s" ;;
     esac; done ;;
   stage-b)
