@@ -92,10 +92,10 @@ def test_codec_round_trip_with_interleaved_decode(recipe, fp8):
     past = (torch.from_numpy(quantize_fp8(kv[:, :, :, :a].numpy()).values()) if fp8 else kv[:, :, :, :a])
     if not spec.recipe.exact_kv_attention:
         past = own_past(spec, 6, 48, a)
-    pred = spec.predict_all([SeqInput(ids[a:b], a, past)], [seen])[0]
+    pred = spec.predict_all([SeqInput(ids[a:b], a, past)], [seen], fp8_cache=fp8)[0]
     data = encode_chunk(target, pred.numpy(), fingerprint=spec.fingerprint, token_start=a)
     run = spec.start([SeqInput(ids[a:b], a, past)])
-    res = decode_chunk(data, SpeculatorPredictor(run), fingerprint=spec.fingerprint, layers=2, kv_heads=2,
+    res = decode_chunk(data, SpeculatorPredictor(run, fp8_cache=fp8), fingerprint=spec.fingerprint, layers=2, kv_heads=2,
                        head_dim=16, token_start=a, token_end=b)
     assert res.ok, res.message
     if fp8:

@@ -53,16 +53,37 @@ class Speculator:
     def start(self, seqs: list[SeqInput]) -> "Run":
         return Run(self, seqs)
 
-    def predict_all(self, seqs: list[SeqInput], exact: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def predict_all(self, seqs: list[SeqInput], exact: list[torch.Tensor] | None = None,
+                    fp8_cache: bool = False) -> list[torch.Tensor]:
         """Encoder side: predictions [L, 2, KH, n, D] per sequence given the true K/V `exact` of the same
-        shape (needed by exact-KV recipes; plain "w8a8" may pass None)."""
+        shape (needed by exact-KV recipes; plain "w8a8" may pass None). With `fp8_cache`, `exact` holds
+        the FP8 cache's values and each is replaced by the point of its FP8 cell nearest the prediction."""
         run = self.start(seqs)
         out = [[] for _ in seqs]
         for layer in range(self.args.n_layers):
-            for o, p in zip(out, run.predict(layer)):
+            preds = run.predict(layer)
+            for o, p in zip(out, preds):
                 o.append(p)
-            run.observe(layer, None if exact is None else [e[layer] for e in exact])
+            obs = None if exact is None else [e[layer] for e in exact]
+            if fp8_cache and obs is not None:
+                obs = [fp8_observation(p, e) for p, e in zip(preds, obs)]
+            run.observe(layer, obs)
         return [torch.stack(o) for o in out]
+
+
+def fp8_observation(pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The point of each FP8 cache value's rounding cell [v - u/2, v + u/2] closest to the prediction.
+
+    values: the dequantized cache (code * 2^e per row of the last axis); u = the e4m3 step at v, whose
+    subnormal floor 2^(e - 9) uses the row exponent implied by the row's own maximum. An FP8 value says
+    only that the truth lay in its cell, so a prediction inside the cell is kept as it is.
+    """
+    from ..codec.fp8cache import row_exponents
+    v = values.to(pred.device).float()
+    e_row = torch.from_numpy(row_exponents(v.abs().amax(dim=-1).cpu().numpy()).astype("int32")).to(v.device)
+    _, ex = torch.frexp(v)                                  # |v| in [2^(ex-1), 2^ex)
+    step = torch.ldexp(torch.ones_like(v), torch.maximum(ex - 4, e_row[..., None] - 9))
+    return torch.minimum(torch.maximum(pred.float(), v - step / 2), v + step / 2)
 
 
 class Run:
@@ -141,12 +162,16 @@ class Run:
 class SpeculatorPredictor:
     """Adapts a one-sequence Run to the codec's Predictor protocol (NumPy in and out)."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, fp8_cache: bool = False):
         assert len(run.seqs) == 1
-        self.run = run
+        self.run, self.fp8_cache, self.last = run, fp8_cache, None
 
     def predict(self, layer: int) -> np.ndarray:
-        return self.run.predict(layer)[0].cpu().numpy()
+        self.last = self.run.predict(layer)[0]
+        return self.last.cpu().numpy()
 
     def observe(self, layer: int, values: np.ndarray) -> None:
-        self.run.observe(layer, [torch.from_numpy(np.ascontiguousarray(values))])
+        obs = torch.from_numpy(np.ascontiguousarray(values))
+        if self.fp8_cache:
+            obs = fp8_observation(self.last, obs)
+        self.run.observe(layer, [obs])

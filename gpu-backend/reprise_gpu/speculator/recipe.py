@@ -8,6 +8,7 @@ Recipes (valid values in comments):
                 itself); the residual stream is corrected toward the K/V it just saw (a fixed ridge
                 projection per layer); K/V projections use a two-term FP8 split of weights and activations
                 (~BF16 accuracy) because their error lands directly in the prediction.
+    "w8a8-kvx-fp8"  the same for FP8 caches, with a damped correction (ridge 0.1, measured on SmolLM2).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ RECIPES = {
     "w8a8": Recipe("w8a8", exact_kv_attention=False, correction=False, kv_split=False),
     "w8a8-kv": Recipe("w8a8-kv", exact_kv_attention=True, correction=False, kv_split=False),
     "w8a8-kvx": Recipe(),
+    # FP8 caches: observations are FP8 cells (see model.fp8_observation), so the correction is damped
+    "w8a8-kvx-fp8": Recipe("w8a8-kvx-fp8", correction_ridge=0.1),
 }
 
 
