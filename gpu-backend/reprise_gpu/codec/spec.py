@@ -25,7 +25,7 @@ from .fp8cache import Fp8Kv, encode_exponents, fp8_values, predicted_exponents, 
 from .format import (DEFAULT_LANES, ESCAPE, MIN_SYMBOLS_PER_LANE, PROB_BITS, SCALE_STEPS, SPEC_MAGIC, SPEC_VERSION,
                      Status)
 from .grid import BF16, E4M3, from_grid, sanitize_prediction
-from .model import MODELS, SegmentParams, Symbols, choose_params, layout, reconstruct_lengths, symbolize
+from .model import MODELS, SegmentParams, Symbols, choose_params, code_bits, layout, reconstruct_lengths, symbolize
 from .rans import BitReader, CodecError, RansDecoder, pack_bits, rans_encode
 from .tables import build_tables, cumulative
 
@@ -105,8 +105,12 @@ def segment_spans(n_seg: int, n_segments: int, lanes: int) -> list[tuple[int, in
 
 
 def encode_chunk(target: np.ndarray | Fp8Kv, pred: np.ndarray, *, fingerprint: str, token_start: int,
-                 model: str = "improved", lanes: int | None = None) -> bytes:
-    """Code `target` against `pred` (float32 [L, 2, KH, T, D]); returns the spec-v1 bytes."""
+                 model: str = "improved", lanes: int | None = None, stats: dict | None = None) -> bytes:
+    """Code `target` against `pred` (float32 [L, 2, KH, T, D]); returns the spec-v1 bytes.
+
+    stats: if given, filled with "segment_bits" [L][2]: each segment's exact entropy-coded size in bits
+    (symbols + raw fields + its parameters; the rANS final states and the header are not included).
+    """
     fp8 = isinstance(target, Fp8Kv)
     fmt = E4M3 if fp8 else BF16
     codes = target.codes if fp8 else np.asarray(target, np.uint16)
@@ -132,6 +136,9 @@ def encode_chunk(target: np.ndarray | Fp8Kv, pred: np.ndarray, *, fingerprint: s
             starts.append(cumulative(freq)[lay.tid, sy.sym])
             freqs.append(freq[lay.tid, sy.sym])
             raw_fields.append(sy)
+            if stats is not None:
+                seg = float(code_bits(freq, lay, sy).sum()) + 8 * (4 + KH * D)
+                stats.setdefault("segment_bits", [[0.0, 0.0] for _ in range(L)])[layer][kind] = seg
     start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     freq = np.concatenate(freqs) if freqs else np.zeros(0, np.int64)
     states, words = rans_encode(start, freq, lane_count, PROB_BITS, spans=segment_spans(n_seg, 2 * L, lane_count))

@@ -68,11 +68,12 @@ class SpecWeights:
 
 
 def create_quantized_state_dict(sd: dict[str, torch.Tensor], args: ModelArgs, recipe: Recipe,
-                                device: torch.device | str = "cpu") -> SpecWeights:
+                                device: torch.device | str = "cpu", hash_weights: bool = True) -> SpecWeights:
     """BF16 state dict (our names) -> the speculator's derived weights on `device`, hashed.
 
     Derive on the CPU (the default) for bytes that do not depend on the machine; a GPU derivation
     (fast for 8B shapes) may differ in rare last bits, which the digest, hence the fingerprint, records.
+    hash_weights=False skips the digest (timing runs of random weights; such a speculator codes nothing).
     """
     cpu = {k: v.detach().to(device) for k, v in sd.items()}
     q, kv = args.q_size, args.kv_size
@@ -95,7 +96,7 @@ def create_quantized_state_dict(sd: dict[str, torch.Tensor], args: ModelArgs, re
         layers.append(lw)
     sw = SpecWeights(args, recipe, cpu["embed_tokens.weight"].to(torch.bfloat16), layers,
                      rope_table(args.head_dim, args.max_seq_len, args.rope_theta).to(device))
-    sw.digest = digest(sw)
+    sw.digest = digest(sw) if hash_weights else "unhashed"
     return sw
 
 
