@@ -176,7 +176,7 @@ class EmulatedOps:
 
     def __init__(self, base, a16: bool, blk_weights: dict | None):
         self.base, self.a16, self.blk = base, a16, blk_weights or {}
-        self.rope, self.KVStore = base.rope, base.KVStore
+        self.rope, self.KVStore, self.ATTN_DTYPE = base.rope, base.KVStore, base.ATTN_DTYPE
         from reprise_gpu.speculator import cpu_ops
         self.cpu = cpu_ops
 

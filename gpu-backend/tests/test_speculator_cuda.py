@@ -49,6 +49,12 @@ def test_kernels_match_references(T, N):
     c, s = kernels.quant_rows(x)
     c2, s2 = kernels.quant_rows_ref(x)
     assert torch.equal(s, s2) and close_fp8(c, s, c2, s2, ulps)
+    from reprise_gpu.speculator import cpu_ops
+    q = torch.randn(T, 5, 64, device=DEV)
+    cs = torch.rand(T, 64, device=DEV)
+    for inverse in (False, True):
+        torch.testing.assert_close(kernels.rope(q, cs, inverse=inverse), cpu_ops.rope(q, cs, inverse=inverse),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_row_invariance_of_ops_and_model():

@@ -62,6 +62,10 @@ def op_checks(args, device, m_values) -> dict[str, list[str]]:
         f"quant_rows K={args.q_size}": _rows_invariant(cuda_ops.quant_rows, lambda m: rnd(m, args.q_size).bfloat16(),
                                                       m_values),
     }
+    cs = torch.rand(1, args.head_dim, generator=g, device=device)     # one position for every row
+    res[f"rope H={args.n_heads} D={args.head_dim}"] = _rows_invariant(
+        lambda x: cuda_ops.rope(x, cs.expand(x.shape[0], -1).contiguous(), out_dtype=torch.bfloat16),
+        lambda m: rnd(m, args.q_size).view(m, args.n_heads, args.head_dim), m_values)
     shapes = {"q": (args.q_size, args.dim), "kv": (2 * args.kv_size, args.dim), "o": (args.dim, args.q_size),
               "gate_up": (2 * args.ffn_dim, args.dim), "down": (args.dim, args.ffn_dim), "corr": (args.dim, 2 * args.kv_size)}
     for name, (n, k) in shapes.items():

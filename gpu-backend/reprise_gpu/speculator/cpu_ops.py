@@ -94,9 +94,13 @@ def kv_split_linear(xq, dq, w, sw, r, sr) -> torch.Tensor:
     return (fp8_gemm(xq[0], xq[1], w, sw) + fp8_gemm(dq[0], dq[1], w, sw) + fp8_gemm(xq[0], xq[1], r, sr)).float()
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """x [T, heads, D] float32; cos, sin [T, 1, D/2] -> rotated (HF rotate_half layout), float32."""
-    x1, x2 = x.chunk(2, dim=-1)
+ATTN_DTYPE = torch.float32      # what `attention` wants q in
+
+
+def rope(x: torch.Tensor, cos_sin: torch.Tensor, inverse: bool = False, out_dtype=torch.float32) -> torch.Tensor:
+    """x [T, heads, D] float32; cos_sin [T, D] (cos then sin) -> rotated (HF rotate_half layout), float32."""
+    cos, sin = cos_sin[:, None].chunk(2, dim=-1)
+    x1, x2 = x.float().chunk(2, dim=-1)
     if inverse:
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -14,7 +14,6 @@ import triton
 
 from ..kernels import paged_attention as pa
 from . import kernels
-from .cpu_ops import rope  # noqa: F401  (elementwise float32: identical per element on any batch)
 from .recipe import SPECULATOR_VERSION
 
 PAGE = 64                      # tokens per page of the speculator's own K/V store
@@ -48,6 +47,11 @@ def backend_name(device: torch.device) -> str:
 
 norm_quant = kernels.norm_quant
 silu_mul_quant = kernels.silu_mul_quant
+ATTN_DTYPE = torch.bfloat16     # the paged-attention kernel reads q in the cache's dtype
+
+
+def rope(x: torch.Tensor, cos_sin: torch.Tensor, inverse: bool = False, out_dtype=torch.float32) -> torch.Tensor:
+    return kernels.rope(x.contiguous(), cos_sin, out_dtype=out_dtype, inverse=inverse)
 
 
 def quant_rows(x: torch.Tensor):

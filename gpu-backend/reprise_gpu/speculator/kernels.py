@@ -4,6 +4,7 @@
                                   with split also (dcodes, dscale) = e4m3 rows of n - scale * codes
     silu_mul_quant(gu, F)         a = silu(gu[:, :F]) * gu[:, F:]; (codes, scale) = e4m3 rows of a
     quant_rows(x)                 (codes, scale) = e4m3 rows of x
+    rope(x, cos_sin)              RoPE of [T, H, D] in one pass (elementwise; one program per token)
 e4m3 rows: scale = amax(row) / 448 (1 for an all-zero row), codes = e4m3(row / scale), round to nearest
 even, saturating. Outputs feed `torch._scaled_mm` with rowwise scales (scale_a = scale[:, None]).
 
@@ -139,6 +140,45 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, N, stride_x, stride_c, BLOCK
         tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(x / scale, -448.0, 448.0).to(tl.float8e4nv), mask=m)
         c += BLOCK
     tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _rope_kernel(x_ptr, cs_ptr, out_ptr, H, stride_xt, stride_xh, stride_ot, stride_oh, stride_cs,
+                 HALF: tl.constexpr, BLOCK_H: tl.constexpr, INVERSE: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, HALF)
+    m = (h < H)[:, None]
+    cos = tl.load(cs_ptr + t * stride_cs + d)[None, :]
+    sin = tl.load(cs_ptr + t * stride_cs + HALF + d)[None, :]
+    base = x_ptr + t * stride_xt + h[:, None] * stride_xh + d[None, :]
+    x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
+    if INVERSE:
+        y1 = x1 * cos + x2 * sin
+        y2 = x2 * cos - x1 * sin
+    else:
+        y1 = x1 * cos - x2 * sin
+        y2 = x2 * cos + x1 * sin
+    ob = out_ptr + t * stride_ot + h[:, None] * stride_oh + d[None, :]
+    tl.store(ob, y1.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(ob + HALF, y2.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def rope(x: torch.Tensor, cos_sin: torch.Tensor, out_dtype: torch.dtype = torch.float32, inverse: bool = False):
+    """x [T, H, D] (HF rotate_half layout), cos_sin [T, D] float32 (cos then sin) -> rotated [T, H, D] out_dtype.
+
+    Note: products and sums may be contracted to FMAs by the compiler; still one fixed instruction sequence
+    per element, so a row's bits do not depend on the batch (it is not bit-equal to cpu_ops.rope)."""
+    T, H, D = x.shape
+    assert x.stride(2) == 1 and cos_sin.shape == (T, D) and cos_sin.dtype == torch.float32 and D % 2 == 0
+    out = torch.empty(T, H, D, dtype=out_dtype, device=x.device)
+    block_h = min(16, triton.next_power_of_2(H))
+    if T:
+        _rope_kernel[(T, triton.cdiv(H, block_h))](x, cos_sin, out, H, x.stride(0), x.stride(1), out.stride(0),
+                                                   out.stride(1), cos_sin.stride(0), HALF=D // 2, BLOCK_H=block_h,
+                                                   INVERSE=inverse, num_warps=NUM_WARPS)
+    return out
 
 
 def norm_quant(h: torch.Tensor, g: torch.Tensor, eps: float, split: bool):

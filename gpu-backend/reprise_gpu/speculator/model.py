@@ -93,8 +93,7 @@ class Run:
         self.lens = [int(s.token_ids.numel()) for s in seqs]
         ids = torch.cat([s.token_ids.reshape(-1).to(dev) for s in seqs])
         self.pos = torch.cat([torch.arange(s.start, s.start + n, device=dev) for s, n in zip(seqs, self.lens)])
-        cos_sin = spec.w.rope[self.pos]
-        self.cos, self.sin = cos_sin[:, None, : a.head_dim // 2], cos_sin[:, None, a.head_dim // 2:]
+        self.cs = spec.w.rope[self.pos].contiguous()                      # [T, D]: cos then sin
         self.h = spec.w.embed[ids].float()
         self.kv = spec.ops.KVStore(a, seqs, self.lens, dev)
         self.layer = 0
@@ -116,7 +115,7 @@ class Run:
             q, kv = qkv[:, :q_size], qkv[:, q_size:]
         k_pre = kv[:, : KH * D].reshape(T, KH, D)
         v = kv[:, KH * D:].reshape(T, KH, D)
-        k = ops.rope(k_pre, self.cos, self.sin)
+        k = ops.rope(k_pre, self.cs)
         self.pending = dict(nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v)
         return [torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]) for kk, vv in zip(self._split(k), self._split(v))]
 
@@ -138,7 +137,7 @@ class Run:
             return                                                        # nothing after the last K/V is needed
         q, nq = p["q"], p["nq"]
         if r.correction:
-            res = torch.cat([(ops.rope(k_ex, self.cos, self.sin, inverse=True) - p["k_pre"]).reshape(T, -1),
+            res = torch.cat([(ops.rope(k_ex, self.cs, inverse=True) - p["k_pre"]).reshape(T, -1),
                              (v_ex - p["v"]).reshape(T, -1)], dim=1)
             du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
             self.h = self.h + du * p["rms"]
@@ -147,7 +146,7 @@ class Run:
         if q is None:
             wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
             q = ops.linear(nq, wq, sq)
-        q = ops.rope(q.reshape(T, H, D), self.cos, self.sin)
+        q = ops.rope(q.reshape(T, H, D), self.cs, out_dtype=ops.ATTN_DTYPE)
         o = self.kv.attend(layer, q, self.pos)
         self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"])
         nq2, _, _ = ops.norm_quant(self.h, w["g2"], a.norm_eps, False)
