@@ -65,3 +65,17 @@ def test_row_invariance_of_ops_and_model():
     small = get_model_args("smollm2-135m" if CUDA else "tiny", n_layers=2)
     bad.update(check_invariance.model_checks(small, DEV, lengths=(1, 37, 300) if CUDA else (1, 9)))
     assert not {k: v for k, v in bad.items() if v}
+
+
+def test_kernels_compile_for_sm90():
+    """The JIT path (not the interpreter) compiles every speculator kernel for the H200, no GPU needed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "reprise_gpu.speculator.check_invariance", "--compile-only"],
+                         env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("sm_90") == 10

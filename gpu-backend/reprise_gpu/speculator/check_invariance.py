@@ -18,6 +18,7 @@ import sys
 import time
 
 import torch
+import triton
 
 from ..config import get_model_args
 from ..gguf_loader import random_state_dict
@@ -101,6 +102,43 @@ def model_checks(args, device, lengths=(1, 37, 300, 2048)) -> dict[str, list[str
     return res
 
 
+def compile_for_sm90() -> int:
+    """Compile every speculator kernel for sm_90 (H200) with no GPU: catches compile errors early."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import kernels as K
+
+    def build(fn, const, types, floats=()):
+        sig, attrs = {}, {}
+        for i, arg in enumerate(fn.arg_names):
+            if arg in const:
+                sig[arg] = "constexpr"
+            elif arg.endswith("_ptr"):
+                sig[arg] = "*" + types.get(arg, "fp32")
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            else:
+                sig[arg] = "fp32" if arg in floats else "i32"
+        k = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": K.NUM_WARPS})
+        print(f"sm_90 {fn.__name__} {const}: smem {k.metadata.shared} B", flush=True)
+
+    n = 0
+    for split in (False, True):
+        build(K._norm_quant_kernel, dict(SPLIT=split, BLOCK=K.BLOCK), {"codes_ptr": "fp8e4nv", "dcodes_ptr": "fp8e4nv"},
+              floats=("eps",))
+        n += 1
+    for elt in ("bf16", "fp32"):
+        build(K._silu_mul_quant_kernel, dict(BLOCK=K.BLOCK), {"gu_ptr": elt, "codes_ptr": "fp8e4nv"})
+        build(K._quant_rows_kernel, dict(BLOCK=K.BLOCK), {"x_ptr": elt, "codes_ptr": "fp8e4nv"})
+        n += 2
+    for inverse in (False, True):
+        for elt in ("bf16", "fp32"):
+            build(K._rope_kernel, dict(HALF=64, BLOCK_H=16, INVERSE=inverse), {"x_ptr": "fp32", "out_ptr": elt})
+            n += 1
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -108,7 +146,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-batch", type=int, default=16384)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compile-only", action="store_true", help="compile the kernels for sm_90 and stop (no GPU)")
     a = ap.parse_args(argv)
+    if a.compile_only:
+        print(f"compiled {compile_for_sm90()} kernels")
+        return 0
     device = torch.device(a.device)
     cuda_ops.setup(device)
     args = get_model_args(a.model)

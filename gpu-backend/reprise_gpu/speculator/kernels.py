@@ -48,14 +48,14 @@ def _norm_quant_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ss = tl.zeros([BLOCK], tl.float32)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:  # a while loop: the interpreter cannot range() over a runtime bound
         x = tl.load(h_ptr + row * stride_h + c + cols, mask=c + cols < N, other=0.0)
         ss += x * x
         c += BLOCK
     rms = tl.sqrt(tl.sum(ss, axis=0) / N + eps)
     amax = tl.zeros([BLOCK], tl.float32)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         m = c + cols < N
         n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
@@ -65,7 +65,7 @@ def _norm_quant_kernel(
     scale = tl.max(amax, axis=0) / 448.0
     scale = tl.where(scale > 0, scale, 1.0)
     damax = tl.zeros([BLOCK], tl.float32)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         m = c + cols < N
         n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
@@ -80,7 +80,7 @@ def _norm_quant_kernel(
     if SPLIT:
         dscale = tl.max(damax, axis=0) / 448.0
         dscale = tl.where(dscale > 0, dscale, 1.0)
-        c = 0
+        c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
         while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
             m = c + cols < N
             n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
@@ -106,13 +106,13 @@ def _silu_mul_quant_kernel(gu_ptr, codes_ptr, scale_ptr, F, stride_gu, stride_c,
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     amax = tl.zeros([BLOCK], tl.float32)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
         amax = tl.maximum(amax, tl.abs(_silu_mul(gu_ptr, row, stride_gu, c, cols, F)))
         c += BLOCK
     scale = tl.max(amax, axis=0) / 448.0
     scale = tl.where(scale > 0, scale, 1.0)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
         a = _silu_mul(gu_ptr, row, stride_gu, c, cols, F)
         tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(a / scale, -448.0, 448.0).to(tl.float8e4nv),
@@ -126,14 +126,14 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, N, stride_x, stride_c, BLOCK
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     amax = tl.zeros([BLOCK], tl.float32)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         x = tl.load(x_ptr + row * stride_x + c + cols, mask=c + cols < N, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
         c += BLOCK
     scale = tl.max(amax, axis=0) / 448.0
     scale = tl.where(scale > 0, scale, 1.0)
-    c = 0
+    c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         m = c + cols < N
         x = tl.load(x_ptr + row * stride_x + c + cols, mask=m, other=0.0).to(tl.float32)
