@@ -3,7 +3,7 @@
 Per value (target x, prediction p; both in the target format's units):
     S_v  = S[head, channel] - SCALE_STEPS * e          # header scale, quarter-octaves; e = FP8 scale exponent (0 for BF16)
     G    = max(exponent of p, floor so that sigma/u <= 2^20), clamped to [1, exp_max]
-    P    = p / u(G) in quarter grid steps;  C = S_v - 4 (G - B)   (sigma / u in quarter-octaves)
+    P    = p / u(G) in eighths of a grid step;  C = S_v - 4 (G - B)   (sigma / u in quarter-octaves)
     narrow (C < CLASS_WIDE): table (C, phase of P), offset k - c0 coded directly
     wide: shift s = (C - CLASS_WIDE) // 4 + 1, bucket (k - c0) >> s coded, its s low bits raw
 Then per value, in order: the symbol (rANS), the s low bits (wide), j refinement bits (x below p's
@@ -29,7 +29,7 @@ from .tables import build_tables
 
 MODELS = {"baseline": 0, "improved": 1}
 BASELINE_MIX = (8, 8, 1, 0)          # a_w = 8/256 at 4x sigma, floor 1/256, no extra escape mass
-REFINE_DELTAS = (-1, 0, 1)
+REFINE_DELTAS = (-2, -1, 0, 1, 2)
 MIX_CANDIDATES = [(a_w, k_w, a_f, 0) for a_w in (0, 3, 8, 20) for k_w in (6, 10) for a_f in (0, 1)]
 
 

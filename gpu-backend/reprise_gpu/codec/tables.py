@@ -53,19 +53,19 @@ def phi(zq: np.ndarray) -> np.ndarray:
     return np.where(zq < 0, (1 << PHI_BITS) - v, v)
 
 
-def _z(n4: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """z = (n4 / 4) / 2^(C/4) in Q16, sign-magnitude rounding toward zero."""
+def _z(n: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """z = (n / 2^GRID_FRAC_BITS) / 2^(C/4) in Q16, sign-magnitude rounding toward zero."""
     q = C >> 2
     r = C & 3
-    a = np.abs(n4) * _INV_QUARTER[r]          # (n4/4 * 2^(-r/4)) * 2^18
-    sh = q + 2                                 # total: * 2^(16 - q) / 2^18 ... -> shift right by q + 2
+    a = np.abs(n) * _INV_QUARTER[r]            # n * 2^(-r/4) * 2^16
+    sh = q + GRID_FRAC_BITS                    # then / 2^GRID_FRAC_BITS / 2^q
     mag = np.where(sh >= 0, a >> np.clip(sh, 0, 62), a << np.clip(-sh, 0, 30))
-    return np.where(n4 < 0, -mag, mag)
+    return np.where(n < 0, -mag, mag)
 
 
-def _gauss_mass(C: np.ndarray, lo4: np.ndarray, hi4: np.ndarray) -> np.ndarray:
-    """Q30 mass of N(0, 2^(C/4)) on [lo4/4, hi4/4] (grid units); broadcasts."""
-    return phi(_z(hi4, C)) - phi(_z(lo4, C))
+def _gauss_mass(C: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Q30 mass of N(0, 2^(C/4)) on [lo, hi] / 2^GRID_FRAC_BITS (grid units); broadcasts."""
+    return phi(_z(hi, C)) - phi(_z(lo, C))
 
 
 def table_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,10 +86,11 @@ def build_tables(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
     """
     C, phase, wide = table_classes()
     j = np.arange(-WINDOW, WINDOW + 1, dtype=np.int64)[None, :]
-    # bin of offset j in quarter grid units, relative to the centre. Narrow: [j - 1/2, j + 1/2] - phase/4.
-    # Wide: bucket j covers [j, j + 1) bucket units, sigma measured in buckets (class CLASS_WIDE - 4 + r).
-    lo4 = np.where(wide[:, None], 4 * j, 4 * j - 2 - phase[:, None])
-    hi4 = np.where(wide[:, None], 4 * j + 4, 4 * j + 2 - phase[:, None])
+    # bin of offset j in 1/2^GRID_FRAC_BITS grid units, relative to the centre. Narrow: [j - 1/2, j + 1/2]
+    # minus the phase. Wide: bucket j covers [j, j + 1) bucket units, sigma in buckets (class CLASS_WIDE - 4 + r).
+    nph = 1 << GRID_FRAC_BITS
+    lo4 = np.where(wide[:, None], nph * j, nph * j - nph // 2 - phase[:, None])
+    hi4 = np.where(wide[:, None], nph * j + nph, nph * j + nph // 2 - phase[:, None])
     Cn = C[:, None]
     g = ((256 - a_w - a_f) * _gauss_mass(Cn, lo4, hi4) + a_w * _gauss_mass(Cn + k_w, lo4, hi4)) >> 8
     one = 1 << PHI_BITS
