@@ -192,3 +192,11 @@ def test_kernels_compile_for_sm90():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("sm_90") == 8
+
+
+@pytest.mark.parametrize("case", ["add_rms_norm", "silu_mul", "rope_store_kv"])
+def test_offsets_past_2_31_elements(case):
+    """Rows, pages and slots past element 2**31 with int32 strides: every offset product is int64."""
+    from int64_offsets import run_in_subprocess
+
+    run_in_subprocess(case)

@@ -155,3 +155,10 @@ def test_kernel_compiles_for_sm90():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("sm_90") == 4
+
+
+def test_offsets_past_2_31_elements():
+    """q/out rows, K/V pages and block-table rows past element 2**31 with int32 strides (int64 offsets)."""
+    from int64_offsets import run_in_subprocess
+
+    run_in_subprocess("paged_attention")

@@ -6,11 +6,19 @@ only the reserved block 0). A graph computes the logits and their argmax, so an 
 step reads back B token ids and nothing else. Inputs reach a graph through two pinned host buffers and
 two H2D copies: ids, positions, slots and context lengths in one; the block tables, from a host mirror
 that rewrites a row only when its sequence or table length changed, in the other.
+
+A CUDA graph holds raw device addresses and keeps nothing alive: every tensor a graph reads must be
+owned by the runner for the graph's life. They all live in four runner buffers (_d64: ids, positions,
+slots, context lengths; _dbt: block tables; _dcu: the constant cu_seqlens 0..bs), and each DecodeGraph
+also holds the exact input objects it was captured with. (H200 run 2: cu_seqlens was made per capture
+and dropped after it; the caching allocator handed its freed bytes to later eager steps, so replays
+read their data as sequence offsets: wrong tokens, then an illegal memory access at batch 64.)
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,18 +41,29 @@ class DecodeGraph:
     graph: object               # torch.cuda.CUDAGraph, or EagerReplay off CUDA
     logits: torch.Tensor        # [bs, vocab] float32, written by replay()
     tokens: torch.Tensor        # [bs] int64, argmax of logits
+    inputs: tuple               # (ids, positions, AttnMetadata) read by replay(): kept alive here
+
+
+class GraphInputFreed(RuntimeError):
+    pass
 
 
 class EagerReplay:
     """Stands in for a CUDA graph off CUDA: replay() reruns the step on the same static input tensors,
-    so the CPU tests exercise the graph path's input packing, padding and outputs."""
+    so the CPU tests exercise the graph path's input packing, padding and outputs.
+
+    Like a CUDA graph, it does not keep its inputs alive (it holds weak references): if the owner lets
+    one go, replay() raises GraphInputFreed where a CUDA graph would read freed memory."""
 
     def __init__(self, fn, *inputs):
-        self.fn, self.inputs = fn, inputs
+        self.fn, self._inputs = fn, [weakref.ref(x) for x in inputs]
         self.outputs = fn(*inputs)
 
     def replay(self) -> None:
-        for out, new in zip(self.outputs, self.fn(*self.inputs)):
+        inputs = [r() for r in self._inputs]
+        if any(x is None for x in inputs):
+            raise GraphInputFreed("a graph input was freed after capture; the runner must keep it alive")
+        for out, new in zip(self.outputs, self.fn(*inputs)):
             out.copy_(new)
 
 
@@ -225,6 +244,7 @@ class ModelRunner:
         n64 = 3 * top + (top + 1) // 2
         self._d64 = torch.zeros(n64, dtype=torch.int64, device=dev)
         self._dbt = torch.zeros(top, self.max_blocks_per_seq, dtype=torch.int32, device=dev)
+        self._dcu = torch.arange(top + 1, dtype=torch.int32, device=dev)  # cu_seqlens: one token per row
         self._h64 = torch.zeros(n64, dtype=torch.int64, pin_memory=on_cuda)
         self._hbt = torch.zeros(top * self.max_blocks_per_seq, dtype=torch.int32, pin_memory=on_cuda)
         self._h64_np, self._hbt_np = self._h64.numpy(), self._hbt.numpy()
@@ -238,7 +258,7 @@ class ModelRunner:
             ctx = self._d64[3 * bs:3 * bs + (bs + 1) // 2].view(torch.int32)[:bs]
             self._d64[:3 * bs].zero_()
             ctx.fill_(1)
-            attn = AttnMetadata(cu_seqlens_q=torch.arange(bs + 1, dtype=torch.int32, device=dev), context_lens=ctx,
+            attn = AttnMetadata(cu_seqlens_q=self._dcu[:bs + 1], context_lens=ctx,
                                 block_tables=self._dbt[:bs], slot_mapping=slots, max_seqlen_q=1,
                                 max_context_len=self.max_model_len)
             with torch.inference_mode():
@@ -251,7 +271,7 @@ class ModelRunner:
                 else:
                     graph = EagerReplay(self._decode_fn, ids, pos, attn)
                     logits, tokens = graph.outputs
-            self.graphs[bs] = DecodeGraph(graph, logits, tokens)
+            self.graphs[bs] = DecodeGraph(graph, logits, tokens, (ids, pos, attn))
         self.graphs = dict(sorted(self.graphs.items()))
         if on_cuda:
             torch.cuda.synchronize(dev)

@@ -192,6 +192,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     group = H // KH
     block_q, group_p2 = _tiles(group, max_seqlen_q)
     grid = (B, KH, triton.cdiv(max_seqlen_q, block_q))
+    assert grid[1] <= 65535 and grid[2] <= 65535, f"grid {grid}: CUDA caps grid dims 1 and 2 at 65535"
     _paged_attention_kernel[grid](
         q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
         scale * 1.4426950408889634,  # 1/ln(2)
