@@ -310,7 +310,7 @@ def main(argv=None):
     dev = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
     n_tr = a.transcripts or (3 if smoke else 50)
     max_tokens = a.max_tokens or (160 if smoke else 4000)
-    n_var = a.variant_transcripts if a.variant_transcripts is not None else (1 if smoke else 8)
+    n_var = a.variant_transcripts if a.variant_transcripts is not None else (1 if smoke else 6)
     rng = np.random.default_rng(a.seed)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -379,12 +379,26 @@ def main(argv=None):
         emit({"section": "predictions", "seconds": time.time() - t0, "jobs": len(jobs)})
         del model
         t0 = time.time()
+        results = []
+
+        def progress(res):
+            """Keep partial results on disk: a run cut short by a time limit still leaves its tables."""
+            results.append(res)
+            with open(a.out + "_chunks.jsonl", "a") as f:
+                f.write(json.dumps({k: v for k, v in res.items() if not k.startswith("layers_")}, default=str) + "\n")
+            if len(results) % 20 == 0 or len(results) == len(jobs):
+                write_md(meta, summarize(results, args, a.out, lambda r: None), a.out,
+                         note=f"partial: {len(results)}/{len(jobs)} chunks coded" if len(results) < len(jobs) else "")
+
+        open(a.out + "_chunks.jsonl", "w").close()
         if a.workers > 1:
             import multiprocessing as mp
             with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as ex:
-                results = list(ex.map(code_job, jobs, chunksize=1))
+                for res in ex.map(code_job, jobs, chunksize=1):
+                    progress(res)
         else:
-            results = [code_job(j) for j in jobs]
+            for j in jobs:
+                progress(code_job(j))
         emit({"section": "coding", "seconds": time.time() - t0, "workers": a.workers})
         tables = summarize(results, args, a.out, emit)
     if "cost" in a.sections and (dev.type == "cuda" or smoke):
@@ -411,10 +425,15 @@ def main(argv=None):
                 torch.cuda.empty_cache()
         tables["cost"] = "| model | tokens | predictor | ms | x BF16 |\n| --- | --- | --- | --- | --- |\n" + "".join(
             f"| {r['model']} | {r['tokens']} | {r['predictor']} | {r['ms']:.2f} | {r['vs_bf16']:.3f} |\n" for r in rows)
-    md = f"# KV codec benchmark\n\n{json.dumps(meta)}\n\n" + "\n".join(f"## {k}\n\n{v}" for k, v in tables.items())
-    with open(a.out + ".md", "w") as f:
+    print(write_md(meta, tables, a.out))
+
+
+def write_md(meta, tables, out, note="") -> str:
+    md = (f"# KV codec benchmark\n\n{json.dumps(meta)}\n\n" + (f"**{note}**\n\n" if note else "")
+          + "\n".join(f"## {k}\n\n{v}" for k, v in tables.items()))
+    with open(out + ".md", "w") as f:
         f.write(md)
-    print(md)
+    return md
 
 
 def summarize(results, args, out, emit) -> dict[str, str]:
