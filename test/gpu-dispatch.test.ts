@@ -36,6 +36,16 @@ async function complete(body: object, vars: Record<string, string>): Promise<Com
 }
 
 const HEAVY = { GPU_PREFILL_THRESHOLD: "0" };
+
+/** The second question with the whole history in one session-less request, on the GPU: the reference a resumed turn must equal. */
+function completeFullHistory(first: Completion): Promise<Completion> {
+  const messages = [
+    { role: "user", content: Q1 },
+    { role: "assistant", content: first.choices[0]!.message.content },
+    { role: "user", content: Q2 },
+  ];
+  return complete({ messages }, HEAVY);
+}
 const LIGHT = { GPU_PREFILL_THRESHOLD: "100000" };
 
 describe.skipIf(!t.TEST_GPU_BACKEND_URL)("dispatch to the real GPU backend", () => {
@@ -53,16 +63,7 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("dispatch to the real GPU backend", () 
     const t2 = await complete({ session_id: id, messages: [{ role: "user", content: Q2 }] }, HEAVY);
     expect(t2.system_fingerprint).toBe("reprise-gpu");
     expect(t2.usage.prompt_tokens_details.cached_tokens).toBeGreaterThan(0);
-    const full = await complete(
-      {
-        messages: [
-          { role: "user", content: Q1 },
-          { role: "assistant", content: t1.choices[0]!.message.content },
-          { role: "user", content: Q2 },
-        ],
-      },
-      HEAVY,
-    );
+    const full = await completeFullHistory(t1);
     expect(full.usage.prompt_tokens_details.cached_tokens).toBe(0);
     expect(t2.choices[0]!.message.content).toBe(full.choices[0]!.message.content);
   });
@@ -74,16 +75,7 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("dispatch to the real GPU backend", () 
     const t2 = await complete({ session_id: id, messages: [{ role: "user", content: Q2 }] }, HEAVY);
     expect(t2.system_fingerprint).toBe("reprise-gpu");
     expect(t2.usage.prompt_tokens_details.cached_tokens).toBe(0);
-    const full = await complete(
-      {
-        messages: [
-          { role: "user", content: Q1 },
-          { role: "assistant", content: t1.choices[0]!.message.content },
-          { role: "user", content: Q2 },
-        ],
-      },
-      HEAVY,
-    );
+    const full = await completeFullHistory(t1);
     expect(t2.choices[0]!.message.content).toBe(full.choices[0]!.message.content);
   });
 
