@@ -11,12 +11,18 @@
    ideal), spec-v1 baseline model (a) and improved model (b) against the speculator — and the same for
    an FP8 cache (e4m3 + one power-of-two scale per row; raw = 8 + 8/head_dim). Every coded chunk is
    decoded and compared bit for bit (a mismatch aborts). By layer: OUT_layers.csv.
-3. Predictor variants on the first --variant-transcripts transcripts: w8a8 (the design's predictor),
+3. Predictor variants on --variant-transcripts transcripts spread over the set: w8a8 (the design's predictor),
    w8a8-kv, w8a8-kvx (default), and emulated w8a16-kvx / w8a8blk32-kvx (unquantized activations /
    weight scales per 32 inputs; float GEMMs, bits only).
 4. Predictor cost (CUDA): prefill time of the BF16 model vs the FP8 speculator (w8a8, w8a8-kvx; exact
    K/V supplied as an encoder has them) for SmolLM2 and random llama3-8b weights at 512/4096/16384 tokens.
-Output: OUT.jsonl (one record per measurement), OUT.md (tables), OUT_layers.csv; the tables are printed last.
+Output: OUT.jsonl (one record per measurement), OUT.md (tables), OUT_layers.csv, OUT_chunks.jsonl (per chunk);
+the tables are printed last.
+
+Sections 1-3 run in two phases so a long run fits time-limited machines: the GPU writes transcripts, K/V
+and predictions to --work (default OUT_work), then CPU workers code chunk by chunk, appending to
+WORK/chunks.jsonl. With --time-budget a run stops starting chunks after that many seconds and prints
+partial tables; running again with the same --work codes only what is missing.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -136,17 +142,33 @@ def exponent_entropy_bits(bits: np.ndarray, ebits: int, mbits: int) -> float:
     return float(e.size * (1 + mbits - (p * np.log2(p)).sum()) + 8 * (1 << ebits))
 
 
+def load_job(job: dict) -> dict:
+    """Slice a job's arrays out of the transcript files the prepare step wrote (memory-mapped: workers
+    read only their chunk, and nothing large crosses the process boundary)."""
+    d, s, e = job["dir"], job["start"], job["end"]
+
+    def part(name):
+        return np.ascontiguousarray(np.load(os.path.join(d, name + ".npy"), mmap_mode="r")[:, :, :, s:e])
+
+    out = {"bf16": part("bf16"), "pred": part(job["pred_file"])}
+    if job.get("fp8"):
+        out["fp8"] = Fp8Kv(part("fp8_codes"), part("fp8_exps"))
+        out["pred_fp8"] = part("pred_fp8")
+    return out
+
+
 def code_job(job: dict) -> dict:
     import zstandard
-    out = {"key": job["key"], "values": int(job["bf16"].size)}
-    bf16, pred = job["bf16"], job["pred"]
+    arrays = load_job(job)
+    out = {"key": job["key"], "values": int(arrays["bf16"].size)}
+    bf16, pred = arrays["bf16"], arrays["pred"]
     if job.get("baselines"):
         out["exp_bf16"] = exponent_entropy_bits(bf16, 8, 7)
     if job.get("zstd"):
         out["zstd_bf16"] = 8 * len(zstandard.ZstdCompressor(level=19).compress(bf16.astype("<u2").tobytes()))
     targets = {"bf16": bf16}
-    if job.get("fp8") is not None:
-        q = job["fp8"]
+    if "fp8" in arrays:
+        q = arrays["fp8"]
         targets["fp8"] = q
         if job.get("baselines"):
             out["exp_fp8"] = exponent_entropy_bits(q.codes, 4, 3) + 8 * q.exps.size
@@ -154,8 +176,9 @@ def code_job(job: dict) -> dict:
             raw = q.codes.tobytes() + q.exps.astype(np.int8).tobytes()
             out["zstd_fp8"] = 8 * len(zstandard.ZstdCompressor(level=19).compress(raw))
     L, _, KH, T, D = bf16.shape
+    t0 = time.time()
     for mode, target in targets.items():
-        p = job["pred_fp8"] if mode == "fp8" else pred
+        p = arrays["pred_fp8"] if mode == "fp8" else pred
         for model in job["models"]:
             stats = {}
             data = encode_chunk(target, p, fingerprint=job["fingerprint"], token_start=job["start"], model=model,
@@ -168,6 +191,7 @@ def code_job(job: dict) -> dict:
                 raise RuntimeError(f"round trip failed: {job['key']} {mode} {model}: {res.status.name} {res.message}")
             out[f"spec_{mode}_{model}"] = 8 * len(data)
             out[f"layers_{mode}_{model}"] = stats["segment_bits"]
+    out["coding_seconds"] = time.time() - t0
     return out
 
 
@@ -294,6 +318,137 @@ def time_prefill(name: str, sd, args, T: int, dev, recipes, reps: int) -> list[d
     return rows
 
 
+# ---- prepare (GPU) and code (CPU workers) ----------------------------------------------------------------
+
+VARIANTS = ["w8a8", "w8a8-kv", "w8a8-kvx", "w8a16-kvx", "w8a8blk32-kvx"]
+
+
+def prepare(work, a, name, args, sd, tok, dev, rng, n_tr, max_tokens, n_var, smoke, emit) -> dict:
+    """Transcripts, their exact K/V and every predictor's predictions, saved under `work` as .npy per
+    transcript; -> the manifest. A second run with the same `work` loads the manifest instead (the
+    manifest is written last, so an interrupted prepare is simply redone)."""
+    path = os.path.join(work, "manifest.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            man = json.load(f)
+        emit({"section": "prepare", "reused": path})
+        return man
+    from reprise_gpu.engine.llm_engine import LLMEngine
+    os.makedirs(work, exist_ok=True)
+    model = build_model(args, sd)
+    cfg = Config(model=name, device=str(dev), num_kv_blocks=max(512, n_tr * max_tokens // 16 + 64),
+                 max_num_seqs=min(64, n_tr), max_num_batched_tokens=8192 if not smoke else 512,
+                 prefill_chunk_size=2048 if not smoke else 256, gguf_path=None if smoke else smollm2_gguf_path())
+    engine = LLMEngine(cfg, model=model, tokenizer=tok, cuda_graphs=dev.type == "cuda")
+    t0 = time.time()
+    trs = make_transcripts(engine, engine.tokenizer if tok is None else tok, n_tr, max_tokens, rng,
+                           reply_tokens=64 if smoke else 600, min_tokens=80 if smoke else 200)
+    del engine
+    emit({"section": "transcripts", "n": len(trs), "tokens": [len(t["ids"]) for t in trs],
+          "turns": [len(t["turns"]) for t in trs], "seconds": time.time() - t0})
+    spec = Speculator(create_quantized_state_dict(sd, args, get_recipe("w8a8-kvx"), device=dev), device=dev)
+    spec8 = Speculator(create_quantized_state_dict(sd, args, get_recipe("w8a8-kvx-fp8"), device=dev), device=dev)
+    var_idx = sorted({int(round(i)) for i in np.linspace(0, len(trs) - 1, n_var)}) if n_var else []
+    variants = {}
+    for vname in VARIANTS:
+        try:
+            variants[vname] = make_speculator(vname, sd, args, dev)
+        except Exception as ex:  # an emulated variant must not sink the run
+            emit({"section": "variants", "variant": vname, "error": repr(ex)})
+    t0 = time.time()
+    man = {"fingerprint": spec.fingerprint, "variant_fingerprints": {k: v.fingerprint for k, v in variants.items()},
+           "transcripts": []}
+    for ti, tr in enumerate(trs):
+        d = os.path.join(work, f"t{ti:03d}")
+        os.makedirs(d, exist_ok=True)
+        ids = torch.tensor(tr["ids"], device=dev)
+        kv = target_kv(model, ids)                                            # [L, 2, KH, T, D] bf16
+        fp8 = quantize_fp8(kv.float().cpu().numpy())
+        np.save(os.path.join(d, "bf16.npy"), kv.view(torch.int16).cpu().numpy().view(np.uint16))
+        np.save(os.path.join(d, "fp8_codes.npy"), fp8.codes)
+        np.save(os.path.join(d, "fp8_exps.npy"), fp8.exps)
+        np.save(os.path.join(d, "pred.npy"), predictions(spec, ids, kv.float(), False))
+        np.save(os.path.join(d, "pred_fp8.npy"), predictions(spec8, ids, torch.from_numpy(fp8.values()).to(dev), True))
+        names = []
+        if ti in var_idx:
+            for vname, vs in variants.items():
+                np.save(os.path.join(d, f"pred_{vname}.npy"), predictions(vs, ids, kv.float(), False))
+                names.append(vname)
+        man["transcripts"].append({"dir": d, "tokens": len(tr["ids"]), "turns": tr["turns"], "variants": names})
+    emit({"section": "predictions", "seconds": time.time() - t0, "variant_transcripts": var_idx})
+    with open(path + ".tmp", "w") as f:
+        json.dump(man, f)
+    os.replace(path + ".tmp", path)
+    return man
+
+
+def make_jobs(man: dict, sections, chunk_max: int, zstd_every: int) -> list[dict]:
+    """One job per chunk (a turn's new tokens, split at chunk_max), biggest first for load balance."""
+    jobs = []
+    for ti, tr in enumerate(man["transcripts"]):
+        for s, e in chunks_of(tr["turns"], chunk_max):
+            base = {"dir": tr["dir"], "start": s, "end": e, "values_hint": e - s}
+            if "bits" in sections:
+                jobs.append({**base, "key": ["bits", ti, s], "pred_file": "pred", "fp8": True,
+                             "fingerprint": man["fingerprint"], "models": ["baseline", "improved"],
+                             "baselines": True, "zstd": ti % zstd_every == 0})
+            if "variants" in sections:
+                for v in tr["variants"]:
+                    jobs.append({**base, "key": ["variant", v, ti, s], "pred_file": f"pred_{v}", "fp8": False,
+                                 "fingerprint": man["variant_fingerprints"][v], "models": ["improved"]})
+    return sorted(jobs, key=lambda j: -j["values_hint"])
+
+
+def run_jobs(jobs: list[dict], work: str, a, on_progress) -> tuple[list[dict], bool]:
+    """Code the jobs not yet in work/chunks.jsonl, stopping new ones after --time-budget seconds.
+    -> (all results so far, whether every job is done). Each result is appended to the log as it comes."""
+    log = os.path.join(work, "chunks.jsonl")
+    done = {}
+    if os.path.exists(log):
+        with open(log) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    done[json.dumps(r["key"])] = r
+    results = [done[json.dumps(j["key"])] for j in jobs if json.dumps(j["key"]) in done]
+    todo = [j for j in jobs if json.dumps(j["key"]) not in done]
+    deadline = time.time() + (a.time_budget or math.inf)
+    t0 = time.time()
+
+    def record(res):
+        results.append(res)
+        with open(log, "a") as f:
+            f.write(json.dumps(res) + "\n")
+        if len(results) % 20 == 0:
+            on_progress(results, f"partial: {len(results)}/{len(jobs)} chunks coded")
+            print(f"  {len(results)}/{len(jobs)} chunks, {time.time() - t0:.0f} s", flush=True)
+
+    it = iter(todo)
+    if a.workers > 1:
+        import multiprocessing as mp
+        with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as ex:
+            pending = set()
+            while True:
+                while len(pending) < 2 * a.workers and time.time() < deadline:
+                    j = next(it, None)
+                    if j is None:
+                        break
+                    pending.add(ex.submit(code_job, j))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    record(fut.result())
+    else:
+        for j in it:
+            if time.time() >= deadline:
+                break
+            record(code_job(j))
+    print(f"coded {len(results) - (len(jobs) - len(todo))} chunks in {time.time() - t0:.0f} s "
+          f"({len(results)}/{len(jobs)} done)", flush=True)
+    return results, len(results) == len(jobs)
+
+
 # ---- main --------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -308,6 +463,10 @@ def main(argv=None):
     ap.add_argument("--sections", nargs="+", default=["bits", "variants", "cost"])
     ap.add_argument("--cost-tokens", type=int, nargs="+", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="directory for transcripts, K/V and predictions (default OUT_work); "
+                    "reused by a later run, which codes only the chunks not yet in WORK/chunks.jsonl")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="stop starting new chunks after this many seconds of coding (finish with another run)")
     ap.add_argument("--zstd-every", type=int, default=None,
                     help="zstd -19 (slow: ~3 MB/s a core) on every n-th transcript's chunks (default 2; 1 in --smoke)")
     a = ap.parse_args(argv)
@@ -316,7 +475,7 @@ def main(argv=None):
     n_tr = a.transcripts or (3 if smoke else 50)
     max_tokens = a.max_tokens or (160 if smoke else 4000)
     a.zstd_every = a.zstd_every or (1 if smoke else 2)
-    n_var = a.variant_transcripts if a.variant_transcripts is not None else (1 if smoke else 6)
+    n_var = a.variant_transcripts if a.variant_transcripts is not None else (1 if smoke else 5)
     rng = np.random.default_rng(a.seed)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -329,6 +488,7 @@ def main(argv=None):
         with open(a.out + ".jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     open(a.out + ".jsonl", "w").close()
     name = "tiny" if smoke else "smollm2-135m"
     args = get_model_args(name)
@@ -341,72 +501,18 @@ def main(argv=None):
         tok = tokenizer_from_gguf(smollm2_gguf_path())
     tables = {}
     if "bits" in a.sections or "variants" in a.sections:
-        from reprise_gpu.engine.llm_engine import LLMEngine
-        model = build_model(args, sd)
-        cfg = Config(model=name, device=str(dev), num_kv_blocks=max(512, n_tr * max_tokens // 16 + 64),
-                     max_num_seqs=min(64, n_tr), max_num_batched_tokens=8192 if not smoke else 512,
-                     prefill_chunk_size=2048 if not smoke else 256, gguf_path=None if smoke else smollm2_gguf_path())
-        engine = LLMEngine(cfg, model=model, tokenizer=tok, cuda_graphs=dev.type == "cuda")
-        t0 = time.time()
-        trs = make_transcripts(engine, engine.tokenizer if tok is None else tok, n_tr, max_tokens, rng,
-                               reply_tokens=64 if smoke else 600, min_tokens=80 if smoke else 200)
-        del engine
-        emit({"section": "transcripts", "n": len(trs), "tokens": [len(t["ids"]) for t in trs],
-              "turns": [len(t["turns"]) for t in trs], "seconds": time.time() - t0})
-        spec = Speculator(create_quantized_state_dict(sd, args, get_recipe("w8a8-kvx"), device=dev), device=dev)
-        spec8 = Speculator(create_quantized_state_dict(sd, args, get_recipe("w8a8-kvx-fp8"), device=dev), device=dev)
-        jobs = []
-        t0 = time.time()
-        for ti, tr in enumerate(trs):
-            ids = torch.tensor(tr["ids"], device=dev)
-            kv = target_kv(model, ids)                                            # [L, 2, KH, T, D] bf16
-            bits = kv.view(torch.int16).cpu().numpy().view(np.uint16)
-            fp8 = quantize_fp8(kv.float().cpu().numpy())
-            pred = predictions(spec, ids, kv.float(), False) if "bits" in a.sections else None
-            pred8 = (predictions(spec8, ids, torch.from_numpy(fp8.values()).to(dev), True)
-                     if "bits" in a.sections else None)
-            for s, e in chunks_of(tr["turns"], a.chunk_max):
-                if "bits" in a.sections:
-                    jobs.append({"key": ("bits", ti, s), "bf16": bits[:, :, :, s:e], "pred": pred[:, :, :, s:e],
-                                 "pred_fp8": pred8[:, :, :, s:e], "fp8": Fp8Kv(fp8.codes[:, :, :, s:e], fp8.exps[:, :, :, s:e]),
-                                 "start": s, "fingerprint": spec.fingerprint, "models": ["baseline", "improved"],
-                                 "baselines": True, "zstd": ti % a.zstd_every == 0})
-            if "variants" in a.sections and ti < n_var:
-                for vname in ["w8a8", "w8a8-kv", "w8a8-kvx", "w8a16-kvx", "w8a8blk32-kvx"]:
-                    try:
-                        vs = make_speculator(vname, sd, args, dev)
-                        vp = predictions(vs, ids, kv.float(), False)
-                    except Exception as ex:  # an emulated variant must not sink the run
-                        emit({"section": "variants", "variant": vname, "error": repr(ex)})
-                        continue
-                    for s, e in chunks_of(tr["turns"], a.chunk_max):
-                        jobs.append({"key": ("variant", vname, ti, s), "bf16": bits[:, :, :, s:e], "pred": vp[:, :, :, s:e],
-                                     "start": s, "fingerprint": vs.fingerprint, "models": ["improved"], "fp8": None})
-        emit({"section": "predictions", "seconds": time.time() - t0, "jobs": len(jobs)})
-        del model
-        t0 = time.time()
-        results = []
-
-        def progress(res):
-            """Keep partial results on disk: a run cut short by a time limit still leaves its tables."""
-            results.append(res)
-            with open(a.out + "_chunks.jsonl", "a") as f:
-                f.write(json.dumps({k: v for k, v in res.items() if not k.startswith("layers_")}, default=str) + "\n")
-            if len(results) % 20 == 0 or len(results) == len(jobs):
-                write_md(meta, summarize(results, args, a.out, lambda r: None), a.out,
-                         note=f"partial: {len(results)}/{len(jobs)} chunks coded" if len(results) < len(jobs) else "")
-
-        open(a.out + "_chunks.jsonl", "w").close()
-        if a.workers > 1:
-            import multiprocessing as mp
-            with ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as ex:
-                for res in ex.map(code_job, jobs, chunksize=1):
-                    progress(res)
-        else:
-            for j in jobs:
-                progress(code_job(j))
-        emit({"section": "coding", "seconds": time.time() - t0, "workers": a.workers})
+        work = a.work or a.out + "_work"
+        man = prepare(work, a, name, args, sd, tok, dev, rng, n_tr, max_tokens, n_var, smoke, emit)
+        jobs = make_jobs(man, a.sections, a.chunk_max, a.zstd_every)
+        results, complete = run_jobs(jobs, work, a, lambda rs, note: write_md(
+            meta, summarize(rs, args, a.out, lambda r: None), a.out, note=note))
         tables = summarize(results, args, a.out, emit)
+        if not complete:
+            tables = {"PARTIAL": f"{len(results)} of {len(jobs)} chunks coded so far (run again with the same --work "
+                                 "to finish)\n", **tables}
+        with open(a.out + "_chunks.jsonl", "w") as f:
+            for r in results:
+                f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("layers_")}) + "\n")
     if "cost" in a.sections and (dev.type == "cuda" or smoke):
         sizes = a.cost_tokens or ([16, 64] if smoke else [512, 4096, 16384])
         cost_models = [(name, args, sd)]

@@ -31,6 +31,7 @@ case "$section" in
       inv)    step invariance-8b 200 python3 -m reprise_gpu.speculator.check_invariance --model llama3-8b --layers 2 --out "$OUT/invariance_8b.json"
               step invariance-smollm2-shape 200 python3 -m reprise_gpu.speculator.check_invariance --model smollm2-135m --out "$OUT/invariance_smollm2.json" ;;
       decode8b) step decode-8b 500 python3 bench/bench_decode.py "$OUT/decode_8b.jsonl" --models llama3-8b ;;
+      prof)   step profile-speculator-8b 150 python3 bench/profile_speculator.py "$OUT/profile_speculator_8b.json" ;;
       *) echo "unknown step $s" ;;
     esac; done ;;
   stage-b)
@@ -41,7 +42,12 @@ case "$section" in
     for s in "$@"; do case $s in
       tests)  step cuda-tests-smollm2 300 python3 -m pytest -q -p no:cacheprovider tests ;;
       codeccost) step kv-codec-cost 300 python3 bench/bench_kv_codec.py "$OUT/kv_codec_cost" --sections cost ;;
-      codecbits) step kv-codec-bits 560 python3 bench/bench_kv_codec.py "$OUT/kv_codec" --sections bits variants ;;
+      # transcripts, K/V and predictions go to /root/work (kept while the machine stays warm); coding
+      # stops starting chunks after the time budget, and `codecmore` (the next call) codes the rest.
+      codecbits) step kv-codec-bits 560 python3 bench/bench_kv_codec.py "$OUT/kv_codec" --sections bits variants \
+                   --work /root/work --time-budget "${BUDGET:-300}" ;;
+      codecmore) step kv-codec-bits 560 python3 bench/bench_kv_codec.py "$OUT/kv_codec" --sections bits variants \
+                   --work /root/work --time-budget "${BUDGET:-450}" ;;
       decode) step decode-smollm2 400 python3 bench/bench_decode.py "$OUT/decode_smollm2.jsonl" --models smollm2-135m ;;
       *) echo "unknown step $s" ;;
     esac; done ;;

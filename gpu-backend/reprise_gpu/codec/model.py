@@ -25,7 +25,7 @@ import numpy as np
 from .format import (CLASS_MIN, CLASS_WIDE, ESCAPE, GRID_FRAC_BITS, MAX_REL_SCALE, N_NARROW, N_SYMBOLS, N_TABLES,
                      PROB_BITS, SCALE_STEPS, WINDOW)
 from .grid import FloatFormat, pred_center, pred_exponent, refinement_len, to_grid
-from .tables import build_tables
+from .tables import build_tables, cost_table
 
 MODELS = {"baseline": 0, "improved": 1}
 BASELINE_MIX = (8, 8, 1, 0)          # a_w = 8/256 at 4x sigma, floor 1/256, no extra escape mass
@@ -124,7 +124,7 @@ def choose_params(x_bits: np.ndarray, x_val: np.ndarray, p: np.ndarray, e: np.nd
     lay = layout(pf, S.astype(np.int64)[gidx] - SCALE_STEPS * ef, fmt, phase=True)
     sy = symbolize(xf, lay, fmt)
     hist = histogram(lay, sy)
-    best = min(MIX_CANDIDATES, key=lambda mix: float((hist * (PROB_BITS - np.log2(build_tables(*mix)))).sum()))
+    best = min(MIX_CANDIDATES, key=lambda mix: float((hist * cost_table(*mix)).sum()))
     freq = build_tables(*best)
     # per-channel scale refinement by exact code length (quarter-octave steps)
     deltas = REFINE_DELTAS

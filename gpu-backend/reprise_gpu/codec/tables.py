@@ -78,8 +78,13 @@ def table_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return C.astype(np.int64), phase.astype(np.int64), ~narrow
 
 
+@lru_cache(maxsize=64)
 def build_tables(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
     """Frequencies [N_TABLES, N_SYMBOLS] int64, each row summing to 2^PROB_BITS, all >= 1.
+
+    Cached (read-only result): the encoder's mixture search rebuilds the same 16 candidates for every
+    segment, and a decoder sees a handful of distinct mixtures per chunk. The cache is bounded because
+    a hostile header may name any of 2^32 mixtures.
 
     a_w: weight of the wide component /256; k_w: its extra scale in quarter-octaves;
     a_f: weight of the uniform floor /256; a_e: extra escape mass /2^16.
@@ -98,7 +103,17 @@ def build_tables(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
     mass = g + uni
     tail = np.maximum(one - mass.sum(axis=1), 0) + (a_e << (PHI_BITS - 16))
     mass = np.concatenate([mass, tail[:, None]], axis=1)
-    return quantize(mass)
+    freq = quantize(mass)
+    freq.setflags(write=False)
+    return freq
+
+
+@lru_cache(maxsize=64)
+def cost_table(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
+    """Code length in bits of every (table, symbol) under `build_tables(...)`, float64, read-only."""
+    cost = PROB_BITS - np.log2(build_tables(a_w, k_w, a_f, a_e))
+    cost.setflags(write=False)
+    return cost
 
 
 def quantize(mass: np.ndarray) -> np.ndarray:
