@@ -31,7 +31,11 @@ case "$section" in
       inv)    step invariance-8b 200 python3 -m reprise_gpu.speculator.check_invariance --model llama3-8b --layers 2 --out "$OUT/invariance_8b.json"
               step invariance-smollm2-shape 200 python3 -m reprise_gpu.speculator.check_invariance --model smollm2-135m --out "$OUT/invariance_smollm2.json" ;;
       decode8b) step decode-8b 500 python3 bench/bench_decode.py "$OUT/decode_8b.jsonl" --models llama3-8b ;;
-      prof)   step profile-speculator-8b 150 python3 bench/profile_speculator.py "$OUT/profile_speculator_8b.json" ;;
+      prof)   for m in llama3-8b smollm2-135m; do
+                step "profile-speculator-$m" 150 python3 bench/profile_speculator.py "$OUT/profile_speculator_$m.json" \
+                  --model "$m" --recipes w8a8 w8a8-kv w8a8-kvx
+              done ;;
+      codectests) step cuda-tests-codec 300 python3 -m pytest -q -p no:cacheprovider tests -k "codec or speculator and not smollm2" ;;
       *) echo "unknown step $s" ;;
     esac; done ;;
   stage-b)
