@@ -3,7 +3,8 @@
 #   1. gpu-backend (pytest, CPU): model vs HF reference, paged attention, Triton kernels under
 #      TRITON_INTERPRET=1, scheduler, server, codec, speculator determinism.
 #   2. the Worker (vitest inside workerd), with the real GPU backend started on CPU for the
-#      dispatch tests.
+#      dispatch tests; it exports spec-v1 chunks (speculative KV coding), so session turns that
+#      resume on the GPU store and restore coded chunks through R2 (REPRISE_TEST_KV_CODEC=raw: raw).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=gpu-backend/.venv/bin/python
@@ -18,7 +19,8 @@ secret_file=.state/backend-secret
 [ -f "$secret_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
 port=${REPRISE_BACKEND_PORT:-8601}
 $PY -m reprise_gpu.server --model smollm2-135m --device cpu --port "$port" \
-  --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json > .state/backend-test.log 2>&1 &
+  --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json --kv-codec "${REPRISE_TEST_KV_CODEC:-spec-v1}" \
+  > .state/backend-test.log 2>&1 &
 backend_pid=$!
 trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null' EXIT
 for _ in $(seq 1 120); do

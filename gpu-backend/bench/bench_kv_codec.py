@@ -364,6 +364,7 @@ def prepare(work, a, name, args, sd, tok, dev, rng, n_tr, max_tokens, n_var, smo
         ids = torch.tensor(tr["ids"], device=dev)
         kv = target_kv(model, ids)                                            # [L, 2, KH, T, D] bf16
         fp8 = quantize_fp8(kv.float().cpu().numpy())
+        np.save(os.path.join(d, "ids.npy"), np.asarray(tr["ids"], np.int64))
         np.save(os.path.join(d, "bf16.npy"), kv.view(torch.int16).cpu().numpy().view(np.uint16))
         np.save(os.path.join(d, "fp8_codes.npy"), fp8.codes)
         np.save(os.path.join(d, "fp8_exps.npy"), fp8.exps)

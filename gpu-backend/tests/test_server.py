@@ -83,7 +83,8 @@ def test_signature_required(case):
     with_client(t)
 
 
-def test_stream_tokens_kv_done_and_resume():
+@pytest.mark.parametrize("kv_codec", ["raw", "spec-v1"])
+def test_stream_tokens_kv_done_and_resume(kv_codec):
     async def t(client, eng):
         r = await post(client, body())
         assert r.status == 200 and r.headers["Content-Type"] == "application/x-reprise-frames"
@@ -115,7 +116,7 @@ def test_stream_tokens_kv_done_and_resume():
         again = events(await (await post(client, body(prompt=nxt, chunks=[bytes(bad)]))).read())
         assert ids(again) == ids(full) and again[-1][1]["usage"]["cached_tokens"] == 0
         assert eng.block_manager.num_used == 0
-    with_client(t)
+    with_client(t, kv_codec=kv_codec)
 
 
 def eng_params():

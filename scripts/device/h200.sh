@@ -52,6 +52,7 @@ case "$section" in
                    --work /root/work --time-budget "${BUDGET:-300}" ;;
       codecmore) step kv-codec-bits 560 python3 bench/bench_kv_codec.py "$OUT/kv_codec" --sections bits variants \
                    --work /root/work --time-budget "${BUDGET:-450}" ;;
+      sessions) step session-codec 300 python3 bench/bench_session_codec.py "$OUT/session_codec.jsonl" --sessions 4 --turns 3 ;;
       decode) step decode-smollm2 400 python3 bench/bench_decode.py "$OUT/decode_smollm2.jsonl" --models smollm2-135m ;;
       *) echo "unknown step $s" ;;
     esac; done ;;

@@ -28,7 +28,9 @@ CODEC_DTYPES = {v: k for k, v in CODECS.items()}
 class KvChunk:
     token_start: int
     token_end: int
-    kv: torch.Tensor      # [layers, 2, kv_heads, tokens, head_dim], on the CPU
+    kv: torch.Tensor | None   # [layers, 2, kv_heads, tokens, head_dim], on the CPU; None until a coded chunk is decoded
+    codec: str = "raw"
+    payload: bytes = b""      # a coded chunk's payload (spec-v1), kept until it is decoded
 
 
 class ChunkError(ValueError):
@@ -90,11 +92,15 @@ def scatter_kv(kv_cache: torch.Tensor, block_table: list[int], start: int, kv: t
 
 
 def encode_chunk(kv: torch.Tensor, token_start: int, producer: str) -> bytes:
-    """Container bytes for kv [layers, 2, kv_heads, tokens, head_dim] covering [token_start, +tokens)."""
-    L, two, kh, n, d = kv.shape
-    codec = CODECS[kv.dtype]
+    """Raw-codec container bytes for kv [layers, 2, kv_heads, tokens, head_dim] covering [token_start, +tokens)."""
     wire = _wire_dtype(kv.dtype)
     payload = kv.detach().cpu().contiguous().view(_int_dtype(kv.dtype)).numpy().astype(wire).tobytes()
+    return encode_container(producer, CODECS[kv.dtype], tuple(kv.shape), token_start, payload)
+
+
+def encode_container(producer: str, codec: str, shape: tuple[int, ...], token_start: int, payload: bytes) -> bytes:
+    """Container bytes around any codec's payload; shape = (layers, 2, kv_heads, tokens, head_dim)."""
+    L, two, kh, n, d = shape
     header = {
         "producer": producer, "codec": codec, "layers": L, "kv_heads": kh, "head_dim": d,
         "token_start": token_start, "token_end": token_start + n,
@@ -113,8 +119,29 @@ def _wire_dtype(dtype: torch.dtype) -> str:
 
 
 def decode_chunk(data: bytes, *, producer: str, layers: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype) -> KvChunk:
-    """Parse and verify one chunk; raises ChunkError on any mismatch before touching the payload's values."""
+                 dtype: torch.dtype, coded: tuple[str, ...] = ()) -> KvChunk:
+    """Parse and verify one chunk; raises ChunkError on any mismatch before touching the payload's values.
+
+    Raw codecs are decoded here. A codec named in `coded` (e.g. "spec-v1") is only checked and parsed:
+    the chunk comes back with kv=None and its payload, for a decoder that needs more context.
+    """
+    h, payload = parse_container(data, producer=producer, layers=layers, kv_heads=kv_heads, head_dim=head_dim)
+    n = h["token_end"] - h["token_start"]
+    if h["codec"] in coded:
+        return KvChunk(h["token_start"], h["token_end"], None, codec=h["codec"], payload=bytes(payload))
+    if h["codec"] != CODECS.get(dtype):
+        raise ChunkError(f"codec {h['codec']!r} does not match the cache dtype")
+    if len(payload) != layers * 2 * kv_heads * n * head_dim * dtype.itemsize:
+        raise ChunkError("payload length does not match the header")
+    wire = _wire_dtype(dtype)
+    kv = torch.from_numpy(np.frombuffer(payload, dtype=wire).astype(wire[1:], copy=True)).view(dtype)
+    return KvChunk(h["token_start"], h["token_end"], kv.view(layers, 2, kv_heads, n, head_dim))
+
+
+def parse_container(data: bytes, *, producer: str, layers: int, kv_heads: int, head_dim: int
+                    ) -> tuple[dict, memoryview]:
+    """-> (header, payload) after the checks every codec shares: prefix, header fields, producer, shape,
+    token range, payload length and SHA-256. Raises ChunkError."""
     if len(data) < PREFIX.size:
         raise ChunkError("shorter than the fixed prefix")
     magic, version, hlen = PREFIX.unpack_from(data)
@@ -136,22 +163,16 @@ def decode_chunk(data: bytes, *, producer: str, layers: int, kv_heads: int, head
         raise ChunkError("header field missing or of the wrong type")
     if h["producer"] != producer:
         raise ChunkError("produced by another model/backend")
-    if h["codec"] != CODECS.get(dtype):
-        raise ChunkError(f"codec {h['codec']!r} does not match the cache dtype")
     if (h["layers"], h["kv_heads"], h["head_dim"]) != (layers, kv_heads, head_dim):
         raise ChunkError("shape does not match the model")
-    n = h["token_end"] - h["token_start"]
-    if h["token_start"] < 0 or n <= 0:
+    if h["token_start"] < 0 or h["token_end"] - h["token_start"] <= 0:
         raise ChunkError("bad token range")
     payload = memoryview(data)[PREFIX.size + hlen:]
-    itemsize = dtype.itemsize
-    if h["payload_bytes"] != len(payload) or len(payload) != layers * 2 * kv_heads * n * head_dim * itemsize:
+    if h["payload_bytes"] != len(payload):
         raise ChunkError("payload length does not match the header")
     if hashlib.sha256(payload).hexdigest() != h["payload_sha256"]:
         raise ChunkError("payload checksum mismatch")
-    wire = _wire_dtype(dtype)
-    kv = torch.from_numpy(np.frombuffer(payload, dtype=wire).astype(wire[1:], copy=True)).view(dtype)
-    return KvChunk(h["token_start"], h["token_end"], kv.view(layers, 2, kv_heads, n, head_dim))
+    return h, payload
 
 
 def restorable_prefix(chunks: list[KvChunk], limit: int) -> tuple[list[KvChunk], int]:

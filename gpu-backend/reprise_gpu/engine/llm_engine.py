@@ -11,6 +11,7 @@ from ..config import Config
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
 from .kv_io import ChunkError, KvChunk, restorable_prefix
+from .kv_spec import decode_prefix
 from .model_runner import ModelRunner
 from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler
@@ -57,7 +58,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, num_blocks=config.num_kv_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
-                                  compile_decode=compile_decode)
+                                  compile_decode=compile_decode, kv_codec=config.kv_codec)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
@@ -78,7 +79,7 @@ class LLMEngine:
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        chunks = self.verify_chunks(kv_chunks, seq.seq_id)
+        chunks = self.verify_chunks(kv_chunks, seq.seq_id, prompt_token_ids)
         seq.restored, seq.num_restored = restorable_prefix(chunks, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
@@ -86,8 +87,12 @@ class LLMEngine:
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq
 
-    def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None) -> list[KvChunk]:
-        """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as they are)."""
+    def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None,
+                      prompt_token_ids: list[int] | None = None) -> list[KvChunk]:
+        """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as
+        they are). Coded chunks (spec-v1) need the prompt's token ids and the chunks before them: with
+        `prompt_token_ids` they are decoded, in order, as far as the prompt's restorable prefix goes
+        (seconds per thousand tokens with the NumPy coder: the server calls this off the event loop)."""
         out = []
         for i, data in enumerate(kv_chunks):
             if isinstance(data, KvChunk):
@@ -97,7 +102,14 @@ class LLMEngine:
                 out.append(self.runner.decode_chunk(data))
             except ChunkError as e:
                 log.info("request %s: KV chunk %d ignored (%s); its tokens are recomputed", seq_id, i, e)
-        return out
+        if prompt_token_ids is None or all(c.kv is not None for c in out):
+            return out
+        used, _ = restorable_prefix(out, len(prompt_token_ids) - 1)
+        decoded = decode_prefix(self.runner.kv_coder, used, prompt_token_ids)
+        if len(decoded) < len(used):
+            log.info("request %s: coded KV chunk at token %d not decodable; later tokens are recomputed", seq_id,
+                     used[len(decoded)].token_start)
+        return decoded
 
     def abort(self, seq_id: int) -> bool:
         seq = self.seqs.get(seq_id)

@@ -26,6 +26,7 @@ import torch
 
 from ..models.llama import AttnMetadata, alloc_kv_cache
 from . import kv_io
+from .kv_spec import CODEC, SpecKvCoder
 from .block_manager import NULL_BLOCK
 from .sampling import make_generator, sample
 from .scheduler import ScheduledBatch
@@ -70,7 +71,7 @@ class EagerReplay:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int, max_model_len: int,
                  max_num_seqs: int, dtype: torch.dtype, device: torch.device | str, cuda_graphs: bool = True,
-                 compile_decode: bool = False):
+                 compile_decode: bool = False, kv_codec: str = "raw"):
         self.model = model
         self.args = model.args
         self.device = torch.device(device)
@@ -80,6 +81,8 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.kv_cache = alloc_kv_cache(self.args, num_blocks, block_size, dtype, self.device)
         self._weights_sha256: str | None = None
+        # "raw": chunks carry the cache's own dtype; "spec-v1": coded against the FP8 speculator
+        self.kv_coder = SpecKvCoder(model, self.device) if kv_codec == "spec-v1" else None
         self.graphs: dict[int, DecodeGraph] = {}
         # torch.compile may fuse what is left between the GEMMs and the Triton kernels; it falls back to
         # the eager step if compilation fails.
@@ -298,11 +301,14 @@ class ModelRunner:
     def decode_chunk(self, data: bytes) -> kv_io.KvChunk:
         a = self.args
         return kv_io.decode_chunk(data, producer=self.producer, layers=a.n_layers, kv_heads=a.n_kv_heads,
-                                  head_dim=a.head_dim, dtype=self.dtype)
+                                  head_dim=a.head_dim, dtype=self.dtype, coded=(CODEC,) if self.kv_coder else ())
 
     def restore(self, seq: Sequence) -> None:
         kv_io.restore(self.kv_cache, seq.block_table, seq.restored, seq.num_restored)
 
     def export(self, seq: Sequence, start: int, end: int) -> bytes:
-        return kv_io.encode_chunk(kv_io.gather_kv(self.kv_cache, seq.block_table, start, end), start,
-                                  self.producer)
+        kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
+        if self.kv_coder is None:
+            return kv_io.encode_chunk(kv, start, self.producer)
+        past = kv_io.gather_kv(self.kv_cache, seq.block_table, 0, start) if start else None
+        return self.kv_coder.encode(seq.token_ids, past, kv, start, self.producer)

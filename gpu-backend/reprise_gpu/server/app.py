@@ -108,7 +108,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
     try:
-        chunks = await asyncio.get_running_loop().run_in_executor(None, loop.engine.verify_chunks, req.chunks)
+        chunks = await asyncio.get_running_loop().run_in_executor(None, loop.engine.verify_chunks, req.chunks, None,
+                                                                   req.prompt_token_ids)
         handle = loop.submit(req.prompt_token_ids, params, chunks)
         await handle.accepted
     except QueueFull as e:

@@ -1,0 +1,94 @@
+"""Session KV chunks coded with spec-v1 (speculative KV coding), inside the RPKV container.
+
+Encoding the chunk of tokens [s, e): the FP8 speculator predicts every layer's K/V of those tokens from
+their token ids, the exact K/V of [0, s) (from the cache) and, layer by layer, the chunk's own exact K/V
+(recipe w8a8-kvx); the codec codes the BF16 values against the predictions (docs/kv-codec-format.md).
+Decoding runs the same speculator layer by layer on what it has decoded, so a chunk decodes only with
+the token ids of its range and after every chunk before it, on a backend with the same speculator
+fingerprint (weights, recipe, arithmetic); anything else is a ChunkError and the tokens are recomputed.
+
+Cost: the speculator is a GPU prefill, but the coder is the NumPy reference (a few million values per
+second and core; SmolLM2 has 11,520 values per token), so on a GPU this saves storage, not time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..codec.spec import decode_chunk, encode_chunk
+from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
+from ..speculator.quantize import create_quantized_state_dict
+from ..speculator.recipe import get_recipe
+from .kv_io import ChunkError, KvChunk, encode_container
+
+CODEC = "spec-v1"
+
+
+class SpecKvCoder:
+    def __init__(self, model: torch.nn.Module, device: torch.device, recipe: str = "w8a8-kvx",
+                 model_name: str = "improved"):
+        """Derives the speculator from the BF16 model's weights (on the CPU, so its digest does not
+        depend on the machine) and runs it on `device`."""
+        self.args = model.args
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
+        self.model_name = model_name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @torch.no_grad()
+    def encode(self, token_ids: list[int], past: torch.Tensor | None, kv: torch.Tensor, start: int,
+               producer: str) -> bytes:
+        """Container bytes for kv (BF16 [L, 2, KH, n, D]) of tokens [start, start + n); past: the exact
+        K/V of [0, start) or None when start == 0."""
+        if kv.dtype != torch.bfloat16:
+            raise ValueError("spec-v1 codes BF16 caches")
+        n = kv.shape[3]
+        ids = torch.tensor(token_ids[start:start + n], dtype=torch.long)
+        seq = SeqInput(ids, start, past)
+        pred = self.spec.predict_all([seq], [kv.float()])[0].cpu().numpy()
+        bits = kv.cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+        payload = encode_chunk(bits, pred, fingerprint=self.fingerprint, token_start=start, model=self.model_name)
+        return encode_container(producer, CODEC, tuple(kv.shape), start, payload)
+
+    @torch.no_grad()
+    def decode(self, chunk: KvChunk, token_ids: list[int], past: torch.Tensor | None) -> KvChunk:
+        """The chunk with its K/V decoded (BF16, CPU); raises ChunkError for anything that fails."""
+        s, e = chunk.token_start, chunk.token_end
+        if e > len(token_ids):
+            raise ChunkError("chunk reaches past the prompt's tokens")
+        if s and (past is None or past.shape[3] != s):
+            raise ChunkError("chunk needs the K/V of every token before it")
+        a = self.args
+        run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)])
+        res = decode_chunk(chunk.payload, SpeculatorPredictor(run), fingerprint=self.fingerprint, layers=a.n_layers,
+                           kv_heads=a.n_kv_heads, head_dim=a.head_dim, token_start=s, token_end=e)
+        if not res.ok:
+            raise ChunkError(f"spec-v1: {res.status.name}: {res.message}")
+        kv = torch.from_numpy(res.values.view(np.int16)).view(torch.bfloat16)
+        return KvChunk(s, e, kv)
+
+
+def decode_prefix(coder: SpecKvCoder | None, chunks: list[KvChunk], token_ids: list[int]) -> list[KvChunk]:
+    """Decode `chunks` (a contiguous prefix from kv_io.restorable_prefix) in order; stops at the first
+    chunk that cannot be decoded, so the result is again a contiguous prefix."""
+    out: list[KvChunk] = []
+    pieces: list[torch.Tensor] = []        # exact K/V of [0, covered)
+    covered = 0
+    for c in chunks:
+        if c.kv is None:
+            if coder is None or c.codec != CODEC:
+                break
+            past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start else None
+            try:
+                c = coder.decode(c, token_ids, past)
+            except ChunkError:
+                break
+        out.append(c)
+        if c.token_end > covered:
+            pieces.append(c.kv[:, :, :, covered - c.token_start:])
+            covered = c.token_end
+    return out
