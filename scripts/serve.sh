@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Serves the API on http://localhost:8787 in workerd (wrangler dev), KV and R2 persisted under .state/.
-# With REPRISE_GPU_BACKEND=1 it also starts the GPU backend (on CPU here) and routes heavy steps to it.
+# With REPRISE_GPU_BACKEND=1 it also starts the GPU backend (on CPU here) and routes heavy steps to it;
+# REPRISE_KV_CODEC=spec-v1 makes that backend code its session chunks speculatively (3x smaller).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vars=()
@@ -8,7 +9,8 @@ if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
   secret_file=.state/backend-secret
   [ -f "$secret_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
   gpu-backend/.venv/bin/python -m reprise_gpu.server --model smollm2-135m --device "${REPRISE_DEVICE:-cpu}" \
-    --port 8600 --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json &
+    --port 8600 --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json \
+    --kv-codec "${REPRISE_KV_CODEC:-raw}" &
   trap 'kill $! 2>/dev/null' EXIT
   vars=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
 fi
