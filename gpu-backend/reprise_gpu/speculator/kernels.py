@@ -31,6 +31,19 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _row_scale(amax):
+    """Row scale from the per-lane running maxima: amax(row) / 448, or 1 for an all-zero row."""
+    scale = tl.max(amax, axis=0) / 448.0
+    return tl.where(scale > 0, scale, 1.0)
+
+
+@triton.jit
+def _e4m3(x, scale):
+    """x / scale rounded to e4m3 (nearest even), saturating at +-448."""
+    return tl.clamp(x / scale, -448.0, 448.0).to(tl.float8e4nv)
+
+
+@triton.jit
 def _norm_row(x, g, rms):
     n = (x / rms).to(tl.bfloat16).to(tl.float32) * g
     return n.to(tl.bfloat16).to(tl.float32)
@@ -62,15 +75,14 @@ def _norm_quant_kernel(
                       tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
         amax = tl.maximum(amax, tl.abs(n))
         c += BLOCK
-    scale = tl.max(amax, axis=0) / 448.0
-    scale = tl.where(scale > 0, scale, 1.0)
+    scale = _row_scale(amax)
     damax = tl.zeros([BLOCK], tl.float32)
     c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         m = c + cols < N
         n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
                       tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
-        q = tl.clamp(n / scale, -448.0, 448.0).to(tl.float8e4nv)
+        q = _e4m3(n, scale)
         tl.store(codes_ptr + row * stride_c + c + cols, q, mask=m)
         if SPLIT:
             damax = tl.maximum(damax, tl.abs(n - scale * q.to(tl.float32)))
@@ -78,17 +90,15 @@ def _norm_quant_kernel(
     tl.store(scale_ptr + row, scale)
     tl.store(rms_ptr + row, rms)
     if SPLIT:
-        dscale = tl.max(damax, axis=0) / 448.0
-        dscale = tl.where(dscale > 0, dscale, 1.0)
+        dscale = _row_scale(damax)
         c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
         while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
             m = c + cols < N
             n = _norm_row(tl.load(h_ptr + row * stride_h + c + cols, mask=m, other=0.0),
                           tl.load(g_ptr + c + cols, mask=m, other=0.0), rms)
-            q = tl.clamp(n / scale, -448.0, 448.0).to(tl.float8e4nv)
+            q = _e4m3(n, scale)
             d = n - scale * q.to(tl.float32)
-            tl.store(dcodes_ptr + row * stride_d + c + cols, tl.clamp(d / dscale, -448.0, 448.0).to(tl.float8e4nv),
-                     mask=m)
+            tl.store(dcodes_ptr + row * stride_d + c + cols, _e4m3(d, dscale), mask=m)
             c += BLOCK
         tl.store(dscale_ptr + row, dscale)
 
@@ -110,13 +120,11 @@ def _silu_mul_quant_kernel(gu_ptr, codes_ptr, scale_ptr, F, stride_gu, stride_c,
     while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
         amax = tl.maximum(amax, tl.abs(_silu_mul(gu_ptr, row, stride_gu, c, cols, F)))
         c += BLOCK
-    scale = tl.max(amax, axis=0) / 448.0
-    scale = tl.where(scale > 0, scale, 1.0)
+    scale = _row_scale(amax)
     c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < F:   # a while loop: the interpreter cannot range() over a runtime bound
         a = _silu_mul(gu_ptr, row, stride_gu, c, cols, F)
-        tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(a / scale, -448.0, 448.0).to(tl.float8e4nv),
-                 mask=c + cols < F)
+        tl.store(codes_ptr + row * stride_c + c + cols, _e4m3(a, scale), mask=c + cols < F)
         c += BLOCK
     tl.store(scale_ptr + row, scale)
 
@@ -131,13 +139,12 @@ def _quant_rows_kernel(x_ptr, codes_ptr, scale_ptr, N, stride_x, stride_c, BLOCK
         x = tl.load(x_ptr + row * stride_x + c + cols, mask=c + cols < N, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
         c += BLOCK
-    scale = tl.max(amax, axis=0) / 448.0
-    scale = tl.where(scale > 0, scale, 1.0)
+    scale = _row_scale(amax)
     c = tl.program_id(0) * 0      # an int32 tensor: a loop-carried value must not start as a constexpr
     while c < N:   # a while loop: the interpreter cannot range() over a runtime bound
         m = c + cols < N
         x = tl.load(x_ptr + row * stride_x + c + cols, mask=m, other=0.0).to(tl.float32)
-        tl.store(codes_ptr + row * stride_c + c + cols, tl.clamp(x / scale, -448.0, 448.0).to(tl.float8e4nv), mask=m)
+        tl.store(codes_ptr + row * stride_c + c + cols, _e4m3(x, scale), mask=m)
         c += BLOCK
     tl.store(scale_ptr + row, scale)
 
