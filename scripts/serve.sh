@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serves the API on http://localhost:8787 in workerd (wrangler dev), KV and R2 persisted under .state/.
 # With REPRISE_GPU_BACKEND=1 it also starts the GPU backend (on CPU here) and routes heavy steps to it;
-# REPRISE_KV_CODEC=spec-v1 makes that backend code its session chunks speculatively (3x smaller).
+# REPRISE_KV_CODEC=spec-v1 makes that backend code its session chunks speculatively (3x smaller), and
+# REPRISE_GPU_PREFILL_THRESHOLD=0 sends every step there (default: prompts over 512 new tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vars=()
@@ -13,6 +14,9 @@ if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
     --kv-codec "${REPRISE_KV_CODEC:-raw}" &
   trap 'kill $! 2>/dev/null' EXIT
   vars=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
+  if [ -n "${REPRISE_GPU_PREFILL_THRESHOLD:-}" ]; then
+    vars+=(--var "GPU_PREFILL_THRESHOLD:$REPRISE_GPU_PREFILL_THRESHOLD")
+  fi
 fi
 echo "API key: $(cat .state/local-api-key 2>/dev/null || echo 'run node scripts/create_key.mjs')"
 npx wrangler dev --persist-to .state --ip 127.0.0.1 --port 8787 "${vars[@]}"
