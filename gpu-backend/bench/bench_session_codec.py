@@ -69,8 +69,10 @@ def main(argv=None):
     inner = spec.runner.export
 
     def timed_export(*args):
+        """Predictions + coding, waited for here (in a server the coding overlaps the next steps)."""
         t = time.perf_counter()
         out = inner(*args)
+        out.result()
         export_s.append(time.perf_counter() - t)
         return out
     spec.runner.export = timed_export

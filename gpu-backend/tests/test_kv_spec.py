@@ -101,3 +101,25 @@ def test_spec_v1_needs_bf16():
         Config(model="tiny", device="cpu", dtype="float32", kv_codec="spec-v1")
     with pytest.raises(ValueError, match="kv_codec"):
         Config(model="tiny", device="cpu", kv_codec="zstd")
+
+
+def test_spec_coding_runs_off_the_engine_thread(monkeypatch):
+    """A finished turn's chunk is still being coded while the engine finishes another request."""
+    import threading
+
+    from reprise_gpu.engine import kv_spec
+
+    eng = tiny_engine(kv_codec="spec-v1")
+    gate = threading.Event()
+    real = kv_spec.encode_chunk
+
+    def slow_encode(*a, **k):
+        gate.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(kv_spec, "encode_chunk", slow_encode)
+    first = run_turn(eng, [5, 6, 7, 8, 9])
+    assert first.kv_export is not None and not first.kv_export.done()
+    other = eng.generate([[1, 2, 3]], GREEDY)[0]             # the engine is not held up by the coding
+    assert len(other["token_ids"]) == GREEDY.max_tokens and not first.kv_export.done()
+    gate.set()
+    assert header(first.kv_chunk)["codec"] == "spec-v1"      # waits for the coder, then the bytes are there

@@ -167,3 +167,17 @@ def test_queue_full_503_and_disconnect_frees_blocks():
         eng.block_manager.check()
         assert 'reprise_requests_finished_total{reason="abort"} 2.0' in await (await client.get("/metrics")).text()
     with_client(t, max_num_seqs=1, max_num_batched_tokens=64, max_queue=1)
+
+
+def test_failed_chunk_export_sends_the_turn_without_kv(monkeypatch):
+    """A chunk whose coding fails is left out; tokens and `done` still arrive (the next turn recomputes)."""
+    from reprise_gpu.engine import kv_spec
+
+    def broken(*a, **k):
+        raise RuntimeError("coder failure")
+    monkeypatch.setattr(kv_spec, "encode_chunk", broken)
+
+    async def t(client, eng):
+        evs = events(await (await post(client, body())).read())
+        assert [k if k == KIND_KV else e["type"] for k, e in evs] == ["token"] * 6 + ["done"]
+    with_client(t, kv_codec="spec-v1")

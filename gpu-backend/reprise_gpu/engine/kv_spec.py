@@ -13,6 +13,8 @@ second and core; SmolLM2 has 11,520 values per token), so on a GPU this saves st
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -34,25 +36,30 @@ class SpecKvCoder:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
         self.model_name = model_name
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
 
     @property
     def fingerprint(self) -> str:
         return self.spec.fingerprint
 
     @torch.no_grad()
-    def encode(self, token_ids: list[int], past: torch.Tensor | None, kv: torch.Tensor, start: int,
-               producer: str) -> bytes:
+    def encode_async(self, token_ids: list[int], past: torch.Tensor | None, kv: torch.Tensor, start: int,
+                     producer: str) -> Future[bytes]:
         """Container bytes for kv (BF16 [L, 2, KH, n, D]) of tokens [start, start + n); past: the exact
-        K/V of [0, start) or None when start == 0."""
+        K/V of [0, start) or None when start == 0. The speculator runs now, on the caller's thread (the
+        GPU work is short and must not race the engine's next step for the cache); the NumPy coding,
+        seconds per thousand tokens, runs on this coder's thread, so the engine keeps stepping."""
         if kv.dtype != torch.bfloat16:
             raise ValueError("spec-v1 codes BF16 caches")
         n = kv.shape[3]
         ids = torch.tensor(token_ids[start:start + n], dtype=torch.long)
-        seq = SeqInput(ids, start, past)
-        pred = self.spec.predict_all([seq], [kv.float()])[0].cpu().numpy()
+        pred = self.spec.predict_all([SeqInput(ids, start, past)], [kv.float()])[0].cpu().numpy()
         bits = kv.cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
-        payload = encode_chunk(bits, pred, fingerprint=self.fingerprint, token_start=start, model=self.model_name)
-        return encode_container(producer, CODEC, tuple(kv.shape), start, payload)
+
+        def code() -> bytes:
+            payload = encode_chunk(bits, pred, fingerprint=self.fingerprint, token_start=start, model=self.model_name)
+            return encode_container(producer, CODEC, tuple(kv.shape), start, payload)
+        return self._encoder.submit(code)
 
     @torch.no_grad()
     def decode(self, chunk: KvChunk, token_ids: list[int], past: torch.Tensor | None) -> KvChunk:

@@ -159,7 +159,7 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.export_kv and reason != "abort" and seq.status is SequenceStatus.RUNNING:
             # K/V exists for every token but the last one sampled
-            seq.kv_chunk = self.runner.export(seq, seq.num_restored, len(seq) - 1)
+            seq.kv_export = self.runner.export(seq, seq.num_restored, len(seq) - 1)
         self.scheduler.finish(seq, reason)
         self.seqs.pop(seq.seq_id, None)
         self.detok.pop(seq.seq_id, None)

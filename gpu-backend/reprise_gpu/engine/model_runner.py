@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -306,9 +307,13 @@ class ModelRunner:
     def restore(self, seq: Sequence) -> None:
         kv_io.restore(self.kv_cache, seq.block_table, seq.restored, seq.num_restored)
 
-    def export(self, seq: Sequence, start: int, end: int) -> bytes:
+    def export(self, seq: Sequence, start: int, end: int) -> Future[bytes]:
+        """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
+        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread."""
         kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
         if self.kv_coder is None:
-            return kv_io.encode_chunk(kv, start, self.producer)
+            done: Future[bytes] = Future()
+            done.set_result(kv_io.encode_chunk(kv, start, self.producer))
+            return done
         past = kv_io.gather_kv(self.kv_cache, seq.block_table, 0, start) if start else None
-        return self.kv_coder.encode(seq.token_ids, past, kv, start, self.producer)
+        return self.kv_coder.encode_async(seq.token_ids, past, kv, start, self.producer)

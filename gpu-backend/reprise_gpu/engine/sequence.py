@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import enum
 import itertools
 from typing import TYPE_CHECKING
@@ -43,7 +45,8 @@ class Sequence:
         self.restored: list[KvChunk] = []
         self.num_restored = 0
         self.export_kv = False
-        self.kv_chunk: bytes | None = None      # exported at finish when export_kv is set
+        # exported at finish when export_kv is set; a future because spec-v1 codes it off the engine thread
+        self.kv_export: Future[bytes] | None = None
         self.num_preemptions = 0
 
     def __len__(self) -> int:
@@ -52,6 +55,11 @@ class Sequence:
     def __repr__(self) -> str:
         return (f"Sequence(id={self.seq_id}, {self.status.value}, len={len(self)}, "
                 f"cached={self.num_cached}, blocks={len(self.block_table)})")
+
+    @property
+    def kv_chunk(self) -> bytes | None:
+        """The exported chunk's bytes, waiting for its encoder if it is still running."""
+        return None if self.kv_export is None else self.kv_export.result()
 
     @property
     def num_completion_tokens(self) -> int:

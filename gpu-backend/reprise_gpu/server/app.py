@@ -133,7 +133,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
             if ev[0] == "token":
                 await resp.write(json_frame({"type": "token", "id": ev[1], "text": ev[2]}))
             elif ev[0] == "kv":
-                await resp.write(frame(KIND_KV, ev[1]))
+                try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
+                    chunk = await asyncio.wrap_future(ev[1])
+                except Exception:
+                    log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
+                    continue
+                await resp.write(frame(KIND_KV, chunk))
             elif ev[0] == "done":
                 await resp.write(json_frame({"type": "done", **ev[1]}))
                 done = True

@@ -29,7 +29,7 @@ class RequestHandle:
     params: SamplingParams
     chunks: list[KvChunk]
     accepted: asyncio.Future
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)   # ("token", id, text) | ("kv", bytes) | ("done", dict) | ("error", str)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)   # ("token", id, text) | ("kv", Future[bytes]) | ("done", dict) | ("error", str)
 
 
 class EngineLoop:
@@ -136,8 +136,8 @@ class EngineLoop:
                 h.events.put_nowait(("token", out.token_id, out.text))
                 if out.finished:
                     seq = out.seq
-                    if seq.kv_chunk is not None:
-                        h.events.put_nowait(("kv", seq.kv_chunk))
+                    if seq.kv_export is not None:
+                        h.events.put_nowait(("kv", seq.kv_export))        # a Future: spec-v1 may still be coding
                     h.events.put_nowait(("done", {
                         "finish_reason": seq.finish_reason,
                         "usage": {"prompt_tokens": seq.num_prompt_tokens,
