@@ -166,9 +166,12 @@ def test_wrong_prediction_is_never_returned_as_ok():
         assert res.status in (Status.VALUE_CHECKSUM, Status.CORRUPT) and res.values is None
 
 
-def _resign(blob: bytes) -> bytes:
+def corrupt_and_resign(data: bytes, pos: int, flip: int) -> bytes:
+    """XOR one byte after the magic and version with `flip`, then recompute the SHA-256 trailer (an attacker's edit)."""
     import hashlib
-    return blob + hashlib.sha256(blob).digest()
+    body = bytearray(data[:-32])
+    body[6 + pos % (len(body) - 6)] ^= flip
+    return bytes(body) + hashlib.sha256(bytes(body)).digest()
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,10 +180,7 @@ def test_corrupt_but_checksummed_bytes_never_crash(pos, flip):
     """An attacker who recomputes the trailer still only gets a status (never an exception, never OK-garbage)."""
     target, pred = sample(T=6, seed=3)
     data = encode_chunk(target, pred, fingerprint=FP, token_start=5)
-    body = bytearray(data[:-32])
-    pos = 6 + pos % (len(body) - 6)
-    body[pos] ^= flip
-    res = _decode(_resign(bytes(body)), pred)
+    res = _decode(corrupt_and_resign(data, pos, flip), pred)
     assert isinstance(res.status, Status)
     if res.ok:
         assert np.array_equal(res.values, target)

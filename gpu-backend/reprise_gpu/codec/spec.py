@@ -186,7 +186,28 @@ def decode_chunk(data: bytes, predictor: Predictor, *, fingerprint: str, layers:
         return Decoded(Status.CORRUPT, None, f"{type(e).__name__}: {e}")
 
 
-def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end) -> Decoded:
+@dataclass
+class Parsed:
+    """A chunk whose header, parameters and stream sizes passed every check; the streams still to decode."""
+    fp8: bool
+    phase: bool             # model (b): prediction centres kept to 1/8 ulp
+    L: int
+    KH: int
+    T: int
+    D: int
+    lanes: int
+    params: list[SegmentParams]   # 2 * L segments: layer 0 K, layer 0 V, ...
+    states: np.ndarray      # u32 [lanes]
+    words: np.ndarray       # u16 [n_words]
+    raw: bytes              # raw bit fields
+    exp_bytes: bytes        # FP8 row exponents
+    values_sha256: bytes
+
+
+def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int, token_start: int,
+          token_end: int) -> Parsed | Decoded:
+    """Every check before the streams: -> Parsed, or a Decoded with the failing status. Raises CodecError
+    (or a struct/value error) only for malformed parameter bytes, which decode_chunk turns into CORRUPT."""
     if len(data) < 4 or data[:4] != SPEC_MAGIC:
         return Decoded(Status.BAD_MAGIC, None, "not a spec-v1 chunk")
     if len(data) < 6:
@@ -206,9 +227,6 @@ def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_star
     if not (0 < L <= LIMITS["layers"] and 0 < KH <= LIMITS["kv_heads"] and 0 < D <= LIMITS["head_dim"]
             and 0 <= T <= LIMITS["tokens"] and 0 < lanes <= LIMITS["lanes"]):
         return Decoded(Status.CORRUPT, None, "shape or lanes out of range")
-    fp8 = mode == MODES["fp8"]
-    fmt = E4M3 if fp8 else BF16
-    phase = model != MODELS["baseline"]
     off = HEAD.size
     params_len = 2 * L * (4 + KH * D)
     if len(data) < off + params_len + SIZES.size + TRAILER:
@@ -233,8 +251,20 @@ def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_star
     off += 4 * lanes
     words = np.frombuffer(data, "<u2", n_words, off)
     off += 2 * n_words
-    raw = BitReader(data[off:off + n_raw])
-    exp_reader = BitReader(data[off + n_raw:off + n_raw + n_exp])
+    return Parsed(mode == MODES["fp8"], model != MODELS["baseline"], L, KH, T, D, lanes, params, states, words,
+                  data[off:off + n_raw], data[off + n_raw:off + n_raw + n_exp], vsha)
+
+
+def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end) -> Decoded:
+    pc = parse(data, fingerprint=fingerprint, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+               token_start=token_start, token_end=token_end)
+    if isinstance(pc, Decoded):
+        return pc
+    fp8, phase, L, KH, T, D, lanes, params = pc.fp8, pc.phase, pc.L, pc.KH, pc.T, pc.D, pc.lanes, pc.params
+    fmt = E4M3 if fp8 else BF16
+    states, words = pc.states, pc.words
+    raw = BitReader(pc.raw)
+    exp_reader = BitReader(pc.exp_bytes)
     n_seg = KH * T * D
     dec = RansDecoder(states, words, 2 * L * n_seg, lanes, PROB_BITS, spans=segment_spans(n_seg, 2 * L, lanes))
     out = np.zeros((L, 2, KH, T, D), np.uint8 if fp8 else np.uint16)
@@ -273,7 +303,7 @@ def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_star
     raw.finish()
     exp_reader.finish()
     result = Fp8Kv(out, exps) if fp8 else out
-    if values_sha256(result) != vsha:
+    if values_sha256(result) != pc.values_sha256:
         return Decoded(Status.VALUE_CHECKSUM, None, "decoded values differ from the encoder's (prediction mismatch?)")
     return Decoded(Status.OK, result)
 

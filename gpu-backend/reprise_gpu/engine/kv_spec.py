@@ -7,8 +7,10 @@ Decoding runs the same speculator layer by layer on what it has decoded, so a ch
 the token ids of its range and after every chunk before it, on a backend with the same speculator
 fingerprint (weights, recipe, arithmetic); anything else is a ChunkError and the tokens are recomputed.
 
-Cost: the speculator is a GPU prefill, but the coder is the NumPy reference (a few million values per
-second and core; SmolLM2 has 11,520 values per token), so on a GPU this saves storage, not time.
+Cost: the speculator is a GPU prefill. Encoding is the NumPy reference coder (a few million values per
+second; SmolLM2 has 11,520 values per token) on this coder's own thread. Decoding on CUDA uses
+codec.decode_torch (the rANS loop as a Triton kernel, the rest as tensor ops next to the speculator);
+on the CPU the NumPy decoder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..codec.decode_torch import decode_chunk_torch
 from ..codec.spec import decode_chunk, encode_chunk
 from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
 from ..speculator.quantize import create_quantized_state_dict
@@ -71,8 +74,13 @@ class SpecKvCoder:
             raise ChunkError("chunk needs the K/V of every token before it")
         a = self.args
         run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)])
-        res = decode_chunk(chunk.payload, SpeculatorPredictor(run), fingerprint=self.fingerprint, layers=a.n_layers,
-                           kv_heads=a.n_kv_heads, head_dim=a.head_dim, token_start=s, token_end=e)
+        shape = dict(fingerprint=self.fingerprint, layers=a.n_layers, kv_heads=a.n_kv_heads, head_dim=a.head_dim,
+                     token_start=s, token_end=e)
+        if self.spec.device.type == "cuda":      # values stay on the GPU; the rANS loop is a Triton kernel
+            res = decode_chunk_torch(chunk.payload, SpeculatorPredictor(run, tensors=True), device=self.spec.device,
+                                     **shape)
+        else:                                    # the NumPy reference decoder
+            res = decode_chunk(chunk.payload, SpeculatorPredictor(run), **shape)
         if not res.ok:
             raise ChunkError(f"spec-v1: {res.status.name}: {res.message}")
         kv = torch.from_numpy(res.values.view(np.int16)).view(torch.bfloat16)

@@ -159,18 +159,19 @@ class Run:
 
 
 class SpeculatorPredictor:
-    """Adapts a one-sequence Run to the codec's Predictor protocol (NumPy in and out)."""
+    """Adapts a one-sequence Run to the codec's Predictor protocol: NumPy in and out, or with
+    `tensors=True` float32 tensors on the speculator's device (codec.decode_torch)."""
 
-    def __init__(self, run: Run, fp8_cache: bool = False):
+    def __init__(self, run: Run, fp8_cache: bool = False, tensors: bool = False):
         assert len(run.seqs) == 1
-        self.run, self.fp8_cache, self.last = run, fp8_cache, None
+        self.run, self.fp8_cache, self.tensors, self.last = run, fp8_cache, tensors, None
 
-    def predict(self, layer: int) -> np.ndarray:
+    def predict(self, layer: int):
         self.last = self.run.predict(layer)[0]
-        return self.last.cpu().numpy()
+        return self.last if self.tensors else self.last.cpu().numpy()
 
-    def observe(self, layer: int, values: np.ndarray) -> None:
-        obs = torch.from_numpy(np.ascontiguousarray(values))
+    def observe(self, layer: int, values) -> None:
+        obs = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
         if self.fp8_cache:
             obs = fp8_observation(self.last, obs)
         self.run.observe(layer, [obs])
