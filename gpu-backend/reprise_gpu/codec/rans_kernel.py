@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .format import PROB_BITS, RANS_L, RANS_WORD_BITS
+from .format import DEFAULT_LANES, PROB_BITS, RANS_L, RANS_WORD_BITS
 
 
-@triton.jit
+# Sizes vary per chunk: without do_not_specialize Triton would compile a variant per divisibility pattern.
+@triton.jit(do_not_specialize=["n", "lanes", "n_words"])
 def _rans_segment_kernel(x_ptr, ptr_ptr, words_ptr, tid_ptr, lut_ptr, freq_ptr, cum_ptr, sym_ptr,
                          n, lanes, n_words,
                          S: tl.constexpr, PB: tl.constexpr, RL: tl.constexpr, WB: tl.constexpr, LANES: tl.constexpr):
@@ -66,9 +67,22 @@ def decode_segment(x: torch.Tensor, ptr: torch.Tensor, words: torch.Tensor, tid:
     if n:
         S = freq.shape[1]
         _rans_segment_kernel[(1,)](x, ptr, words, tid, lut, freq, cum, sym, n, lanes, words.numel(),
-                                   S=S, PB=PROB_BITS, RL=RANS_L, WB=RANS_WORD_BITS, LANES=triton.next_power_of_2(max(lanes, 16)),
+                                   S=S, PB=PROB_BITS, RL=RANS_L, WB=RANS_WORD_BITS, LANES=_lanes_block(lanes),
                                    num_warps=8)
     return sym
+
+
+def _lanes_block(lanes: int) -> int:
+    """One compiled variant for every chunk spec-v1's encoder writes (<= DEFAULT_LANES lanes)."""
+    return max(DEFAULT_LANES, triton.next_power_of_2(lanes))
+
+
+def warm_up(device: torch.device) -> None:
+    """Compile the kernel now, so the first chunk a server decodes does not wait for Triton."""
+    f = torch.full((1, 2), 1 << (PROB_BITS - 1), dtype=torch.int64, device=device)
+    x = torch.full((1,), RANS_L, dtype=torch.int64, device=device)
+    decode_segment(x, torch.zeros(1, dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64, device=device),
+                   torch.zeros(1, dtype=torch.int64, device=device), slot_lut(f), f, torch.zeros_like(f), 1)
 
 
 def decode_segment_ref(x: torch.Tensor, ptr: torch.Tensor, words: torch.Tensor, tid: torch.Tensor,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..codec.decode_torch import decode_chunk_torch
+from ..codec.rans_kernel import warm_up
 from ..codec.spec import decode_chunk, encode_chunk
 from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
 from ..speculator.quantize import create_quantized_state_dict
@@ -40,6 +41,8 @@ class SpecKvCoder:
         self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
         self.model_name = model_name
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
+        if self.spec.device.type == "cuda":
+            warm_up(self.spec.device)
 
     @property
     def fingerprint(self) -> str:
