@@ -413,7 +413,7 @@ def run_jobs(jobs: list[dict], work: str, a, on_progress) -> tuple[list[dict], b
                     done[json.dumps(r["key"])] = r
     results = [done[json.dumps(j["key"])] for j in jobs if json.dumps(j["key"]) in done]
     todo = [j for j in jobs if json.dumps(j["key"]) not in done]
-    deadline = time.time() + (a.time_budget or math.inf)
+    deadline = time.time() + (math.inf if a.time_budget is None else a.time_budget)   # 0: prepare only
     t0 = time.time()
 
     def record(res):
