@@ -33,7 +33,8 @@ class Fp8Kv:
 
 def fp8_values(codes: np.ndarray) -> np.ndarray:
     """e4m3 bit patterns (any shape, uint8) -> float32 (NaN for the NaN codes)."""
-    c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)).view(torch.float8_e4m3fn)
+    a = np.ascontiguousarray(codes, dtype=np.uint8)
+    c = torch.from_numpy(a if a.flags.writeable else a.copy()).view(torch.float8_e4m3fn)   # torch wants writable
     return c.float().numpy()
 
 
