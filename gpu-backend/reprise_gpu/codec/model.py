@@ -50,11 +50,19 @@ class Layout:
 
 def layout(p: np.ndarray, S_v: np.ndarray, fmt: FloatFormat, phase: bool) -> Layout:
     """p: sanitized float32 [n] in target units; S_v: int64 [n] per-value scale (quarter-octaves)."""
-    G0 = pred_exponent(p, fmt)
+    G = grid_exponent(pred_exponent(p, fmt), S_v, fmt)
+    return layout_at(pred_center(p, G, fmt), G, S_v, fmt, phase)
+
+
+def grid_exponent(G0: np.ndarray, S_v: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """G: the prediction's exponent, raised so that sigma / u stays <= 2^20."""
     floor = fmt.B + ((S_v - MAX_REL_SCALE + SCALE_STEPS - 1) >> 2)
-    G = np.clip(np.maximum(G0, floor), 1, fmt.exp_max)
-    P = pred_center(p, G, fmt)
-    C = np.clip(S_v - SCALE_STEPS * (G - fmt.B), CLASS_MIN, MAX_REL_SCALE + SCALE_STEPS - 1)
+    return np.minimum(np.maximum(np.maximum(G0, floor), 1), fmt.exp_max)   # np.clip's dispatch costs more here
+
+
+def layout_at(P: np.ndarray, G: np.ndarray, S_v: np.ndarray, fmt: FloatFormat, phase: bool) -> Layout:
+    """layout() given G and the prediction's centre P = pred_center(p, G)."""
+    C = np.minimum(np.maximum(S_v - SCALE_STEPS * (G - fmt.B), CLASS_MIN), MAX_REL_SCALE + SCALE_STEPS - 1)
     wide = C >= CLASS_WIDE
     nph = 1 << GRID_FRAC_BITS
     if phase:
@@ -77,8 +85,9 @@ class Symbols:
     ref_len: np.ndarray
 
 
-def symbolize(x_bits: np.ndarray, lay: Layout, fmt: FloatFormat) -> Symbols:
-    k, ref, j, esc = to_grid(x_bits, lay.G, fmt)
+def symbolize(x_bits: np.ndarray, lay: Layout, fmt: FloatFormat, grid=None) -> Symbols:
+    """grid: to_grid(x_bits, lay.G, fmt) if the caller has it already."""
+    k, ref, j, esc = to_grid(x_bits, lay.G, fmt) if grid is None else grid
     r = k - lay.c0
     b = r >> lay.shift
     esc = esc | (b < -WINDOW) | (b > WINDOW)
@@ -116,13 +125,14 @@ def choose_params(x_bits: np.ndarray, x_val: np.ndarray, p: np.ndarray, e: np.nd
         return SegmentParams(BASELINE_MIX, S)
     xf, pf, ef = x_bits.reshape(-1), p.reshape(-1), e.reshape(-1).astype(np.int64)
     gidx = np.repeat(np.arange(groups), x_bits.shape[1])
+    at_g = _AtExponent(xf, pf, fmt)
 
     def per_value_cost(S_try: np.ndarray, freq: np.ndarray) -> np.ndarray:
-        lay = layout(pf, S_try.astype(np.int64)[gidx] - SCALE_STEPS * ef, fmt, phase=True)
-        return code_bits(freq, lay, symbolize(xf, lay, fmt))
+        lay, grid = at_g.layout(S_try.astype(np.int64)[gidx] - SCALE_STEPS * ef)
+        return code_bits(freq, lay, symbolize(xf, lay, fmt, grid))
 
-    lay = layout(pf, S.astype(np.int64)[gidx] - SCALE_STEPS * ef, fmt, phase=True)
-    sy = symbolize(xf, lay, fmt)
+    lay, grid = at_g.layout(S.astype(np.int64)[gidx] - SCALE_STEPS * ef)
+    sy = symbolize(xf, lay, fmt, grid)
     hist = histogram(lay, sy)
     best = min(MIX_CANDIDATES, key=lambda mix: float((hist * cost_table(*mix)).sum()))
     freq = build_tables(*best)
@@ -132,6 +142,31 @@ def choose_params(x_bits: np.ndarray, x_val: np.ndarray, p: np.ndarray, e: np.nd
                                   minlength=groups) for d in deltas])
     S = np.clip(S.astype(np.int64) + np.array(deltas)[np.argmin(costs, axis=0)], -128, 127).astype(np.int8)
     return SegmentParams(best, S)
+
+
+class _AtExponent:
+    """The encoder's search tries several scales per segment; a value's grid position and centre depend on
+    the scale only through G, which most values keep. Computed once, then redone only where G moves."""
+
+    def __init__(self, x_bits: np.ndarray, p: np.ndarray, fmt: FloatFormat):
+        self.x, self.p, self.fmt = x_bits, p, fmt
+        self.G0 = pred_exponent(p, fmt)
+        self.G = self.G0
+        self.P = pred_center(p, self.G0, fmt)
+        self.grid = to_grid(x_bits, self.G0, fmt)
+
+    def layout(self, S_v: np.ndarray, phase: bool = True):
+        """-> (layout(p, S_v), to_grid(x, its G)), identical to computing them from scratch."""
+        G = grid_exponent(self.G0, S_v, self.fmt)
+        moved = G != self.G
+        P, grid = self.P, self.grid
+        if moved.any():
+            P = P.copy()
+            P[moved] = pred_center(self.p[moved], G[moved], self.fmt)
+            grid = tuple(a.copy() for a in grid)
+            for a, sub in zip(grid, to_grid(self.x[moved], G[moved], self.fmt)):
+                a[moved] = sub
+        return layout_at(P, G, S_v, self.fmt, phase), grid
 
 
 def reconstruct_lengths(sym: np.ndarray, low: np.ndarray, lay: Layout, fmt: FloatFormat):
