@@ -271,8 +271,10 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
-@torch.no_grad()
-def time_prefill(name: str, sd, args, T: int, dev, recipes, reps: int) -> list[dict]:
+def prefill_passes(sd, args, T: int, dev, recipes):
+    """Yields (name, backend, fn): fn runs one T-token prefill, first of the BF16 model ("bf16"), then of
+    the speculator of each recipe with the exact K/V supplied as an encoder has them. Run each fn before
+    asking for the next pass: the speculators read the K/V the BF16 pass left, after the model is freed."""
     model = build_model(args, sd)
     ids = torch.randint(0, args.vocab_size, (T,), device=dev, generator=torch.Generator(device=dev).manual_seed(T))
     bs = 16
@@ -280,22 +282,7 @@ def time_prefill(name: str, sd, args, T: int, dev, recipes, reps: int) -> list[d
     cache = alloc_kv_cache(args, nb, bs, torch.bfloat16, dev)
     attn = AttnMetadata.build([T], [T], [list(range(nb))], bs, device=dev)
     pos = torch.arange(T, device=dev)
-
-    def bf16():
-        model(ids, pos, attn, cache)
-
-    def timeit(fn):
-        fn()
-        sync(dev)
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            sync(dev)
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
-
-    rows = [{"section": "cost", "model": name, "tokens": T, "predictor": "bf16", "ms": 1e3 * timeit(bf16)}]
+    yield "bf16", None, lambda: model(ids, pos, attn, cache)
     from reprise_gpu.engine.kv_io import gather_kv
     exact = gather_kv(cache, list(range(nb)), 0, T)                            # [L, 2, KH, T, D] bf16
     del model
@@ -309,9 +296,27 @@ def time_prefill(name: str, sd, args, T: int, dev, recipes, reps: int) -> list[d
                 run.predict(layer)
                 run.observe(layer, [exact[layer]])
 
-        rows.append({"section": "cost", "model": name, "tokens": T, "predictor": rec, "ms": 1e3 * timeit(fp8),
-                     "backend": spec.fingerprint.split("backend=")[1].split(";")[0]})
+        yield rec, spec.fingerprint.split("backend=")[1].split(";")[0], fp8
         del spec
+
+
+@torch.no_grad()
+def time_prefill(name: str, sd, args, T: int, dev, recipes, reps: int) -> list[dict]:
+    def timeit(fn):
+        fn()
+        sync(dev)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            sync(dev)
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts))
+
+    rows = []
+    for predictor, backend, fn in prefill_passes(sd, args, T, dev, recipes):
+        rows.append({"section": "cost", "model": name, "tokens": T, "predictor": predictor, "ms": 1e3 * timeit(fn),
+                     **({"backend": backend} if backend else {})})
     base = rows[0]["ms"]
     for r in rows:
         r["vs_bf16"] = r["ms"] / base

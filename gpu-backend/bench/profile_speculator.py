@@ -18,13 +18,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_kv_codec import prefill_passes  # noqa: E402
 from reprise_gpu.config import get_model_args  # noqa: E402
-from reprise_gpu.engine.kv_io import gather_kv  # noqa: E402
 from reprise_gpu.gguf_loader import random_state_dict  # noqa: E402
-from reprise_gpu.models.llama import AttnMetadata, alloc_kv_cache, build_model  # noqa: E402
-from reprise_gpu.speculator.model import SeqInput, Speculator  # noqa: E402
-from reprise_gpu.speculator.quantize import create_quantized_state_dict  # noqa: E402
-from reprise_gpu.speculator.recipe import get_recipe  # noqa: E402
 
 
 def kernel_table(prof, top: int) -> tuple[float, list[dict]]:
@@ -65,29 +62,9 @@ def main(argv=None):
     T = a.tokens
     args = get_model_args(a.model, max_seq_len=T + 16)
     sd = random_state_dict(args, seed=0, device=dev)
-    model = build_model(args, sd)
-    ids = torch.randint(0, args.vocab_size, (T,), device=dev)
-    bs = 16
-    nb = -(-T // bs)
-    cache = alloc_kv_cache(args, nb, bs, torch.bfloat16, dev)
-    attn = AttnMetadata.build([T], [T], [list(range(nb))], bs, device=dev)
-    pos = torch.arange(T, device=dev)
     report = {"model": a.model, "tokens": T, "device": torch.cuda.get_device_name(dev), "passes": {}}
-    report["passes"]["bf16"] = profiled(lambda: model(ids, pos, attn, cache), a.top)
-    exact = gather_kv(cache, list(range(nb)), 0, T)
-    del model
-    for rec in a.recipes:
-        spec = Speculator(create_quantized_state_dict(sd, args, get_recipe(rec), device=dev, hash_weights=False),
-                          device=dev)
-
-        def run():
-            r = spec.start([SeqInput(ids, 0)])
-            for layer in range(args.n_layers):
-                r.predict(layer)
-                r.observe(layer, [exact[layer]])
-
-        report["passes"][rec] = profiled(run, a.top)
-        del spec
+    for name, _, fn in prefill_passes(sd, args, T, dev, a.recipes):
+        report["passes"][name] = profiled(fn, a.top)
     with open(a.out, "w") as f:
         json.dump(report, f, indent=1)
     for name, (total, rows) in report["passes"].items():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine_util import tiny_engine
+from test_kv_io import parse
 from reprise_gpu.config import Config
 from reprise_gpu.engine import kv_io
 from reprise_gpu.engine.sampling import SamplingParams
@@ -23,8 +24,7 @@ def run_turn(eng, prompt, chunks=()):
 
 
 def header(chunk: bytes) -> dict:
-    _, _, hlen = kv_io.PREFIX.unpack_from(chunk)
-    return json.loads(chunk[kv_io.PREFIX.size:kv_io.PREFIX.size + hlen])
+    return parse(chunk)[2]
 
 
 def rewrap(chunk: bytes, payload: bytes) -> bytes:

@@ -91,6 +91,7 @@ def decode_segment_ref(x: torch.Tensor, ptr: torch.Tensor, words: torch.Tensor, 
     n = tid.numel()
     sym = torch.empty(n, dtype=torch.int32, device=x.device)
     mask = (1 << PROB_BITS) - 1
+    safe = words if words.numel() else words.new_zeros(1)       # reads past the end are masked to 0 below
     for a in range(0, n, lanes):
         k = min(lanes, n - a)
         xs, t = x[:k], tid[a:a + k]
@@ -101,7 +102,7 @@ def decode_segment_ref(x: torch.Tensor, ptr: torch.Tensor, words: torch.Tensor, 
         before = torch.cumsum(need.long(), 0) - need.long()
         idx = ptr + before
         ok = need & (idx < words.numel())
-        w = torch.where(ok, words[idx.clamp(0, max(words.numel() - 1, 0))] if words.numel() else idx * 0, 0)
+        w = torch.where(ok, safe[idx.clamp(0, safe.numel() - 1)], 0)
         x[:k] = torch.where(need, (xs << RANS_WORD_BITS) | w, xs)
         ptr += need.sum()
         sym[a:a + k] = s.int()
