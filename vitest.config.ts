@@ -1,6 +1,6 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { readFileSync } from "node:fs";
-import { basename } from "node:path";
+import { basename, join, normalize } from "node:path";
 import { defineConfig } from "vitest/config";
 
 // The edge model files on the host (scripts/convert_edge_model.py); the setup file
@@ -24,6 +24,16 @@ export default defineConfig({
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
         },
         serviceBindings: {
+          // vectors/<path>: the shared codec test vectors (read by pytest too), for wasm/tests.
+          VECTORS: async (request: Request) => {
+            const rel = normalize(decodeURIComponent(new URL(request.url).pathname)).replace(/^\/+/, "");
+            if (rel.startsWith("..")) return new Response("outside vectors/", { status: 400 });
+            try {
+              return new Response(readFileSync(join("vectors", rel)));
+            } catch {
+              return new Response(`vectors/${rel} is missing`, { status: 404 });
+            }
+          },
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
             if (!path) return new Response("unknown file", { status: 404 });
@@ -39,7 +49,7 @@ export default defineConfig({
     }),
   ],
   test: {
-    include: ["test/**/*.test.ts", "src/**/*.test.ts"],
+    include: ["test/**/*.test.ts", "src/**/*.test.ts", "wasm/tests/**/*.test.ts"],
     setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
