@@ -1,15 +1,15 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { readFileSync } from "node:fs";
-import { basename, join, normalize } from "node:path";
+import { join, normalize } from "node:path";
 import { defineConfig } from "vitest/config";
 
-// The edge model files on the host (scripts/convert_edge_model.py); the setup file
-// test/setup/edge-model.ts copies them into each test file's R2 through EDGE_FILES below.
-const EDGE_MODEL_KEY = /^EDGE_MODEL_KEY\s*=\s*"([^"]+)"/m.exec(readFileSync("wrangler.toml", "utf8"))?.[1] ?? "";
-const EDGE_FILES: Record<string, string> = {
-  model: `.models/onnx/${basename(EDGE_MODEL_KEY)}`,
-  data: `.models/onnx/${basename(EDGE_MODEL_KEY)}.data`,
-  tokenizer: ".models/hf/tokenizer.json",
+// The edge model files on the host (scripts/convert_edge_model.py writes .models/edge/); the setup
+// file test/setup/edge-model.ts copies them into each test file's R2 through EDGE_FILES below:
+// /edge/<path> -> .models/edge/<path> (the manifest and the files it names), /tokenizer -> tokenizer.bin,
+// /tokenizer.json -> the HF tokenizer.json (test/bpe.test.ts compares with @huggingface/tokenizers).
+const fromDir = (dir: string, rel: string) => {
+  const path = normalize(rel).replace(/^\/+/, "");
+  return path.startsWith("..") ? null : join(dir, path);
 };
 
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
@@ -26,16 +26,17 @@ export default defineConfig({
         serviceBindings: {
           // vectors/<path>: the shared codec test vectors (read by pytest too), for wasm/tests.
           VECTORS: async (request: Request) => {
-            const rel = normalize(decodeURIComponent(new URL(request.url).pathname)).replace(/^\/+/, "");
-            if (rel.startsWith("..")) return new Response("outside vectors/", { status: 400 });
+            const path = fromDir("vectors", decodeURIComponent(new URL(request.url).pathname));
+            if (!path) return new Response("outside vectors/", { status: 400 });
             try {
-              return new Response(readFileSync(join("vectors", rel)));
+              return new Response(readFileSync(path));
             } catch {
-              return new Response(`vectors/${rel} is missing`, { status: 404 });
+              return new Response(`${path} is missing`, { status: 404 });
             }
           },
           EDGE_FILES: async (request: Request) => {
-            const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
+            const name = decodeURIComponent(new URL(request.url).pathname);
+            const path = name === "/tokenizer" ? ".models/edge/tokenizer.bin" : name === "/tokenizer.json" ? ".models/hf/tokenizer.json" : name.startsWith("/edge/") ? fromDir(".models/edge", name.slice(6)) : null;
             if (!path) return new Response("unknown file", { status: 404 });
             try {
               const bytes = readFileSync(path);

@@ -1,9 +1,12 @@
-// A bare Worker around EdgeBackend for bench/edge_model_bench.mjs (run by `wrangler dev` with this
-// file as the entry and the project's wrangler.toml for bindings and the CompiledWasm rule).
-// POST / {promptIds, maxTokens} streams one JSON line per event as it happens; the timing is done by
-// the client, because a Worker's clock does not advance while it computes.
+// A bare Worker around EdgeBackend for the edge benchmarks (bench/edge_bench.mjs, run by `wrangler dev`
+// with this file as the entry and the project's wrangler.toml for bindings and the CompiledWasm rule).
+//   GET  /load?model=<manifest key>   load the model; its producer, size and load time
+//   GET  /heap                        wasm memory of ort and of the KV codec, in bytes
+//   POST /?model=<key> {promptIds, maxTokens}   stream one JSON line per event as it happens
+// Timing is done by the client: a Worker's clock does not advance while it computes.
 import { EdgeBackend, EDGE_MODEL_ID } from "../src/edge-model/backend";
 import { loadEdgeModel, ortHeapBytes } from "../src/edge-model/onnx-session";
+import { codecWasm } from "../src/kv-codec/wasm";
 
 interface BenchEnv {
   BLOBS: R2Bucket;
@@ -12,13 +15,15 @@ interface BenchEnv {
 
 export default {
   async fetch(req: Request, env: BenchEnv, ctx: ExecutionContext): Promise<Response> {
-    if (new URL(req.url).pathname === "/heap") return Response.json({ ortHeapBytes: ortHeapBytes() });
-    if (new URL(req.url).pathname === "/load") {
-      const m = await loadEdgeModel(env.BLOBS, env.EDGE_MODEL_KEY);
-      return Response.json({ producer: m.producer, modelBytes: m.modelBytes, ortHeapBytes: ortHeapBytes() });
+    const url = new URL(req.url);
+    const key = url.searchParams.get("model") ?? env.EDGE_MODEL_KEY;
+    if (url.pathname === "/heap") return Response.json({ ortHeapBytes: ortHeapBytes(), codecHeapBytes: codecWasm().memoryBytes() });
+    if (url.pathname === "/load") {
+      const m = await loadEdgeModel(env.BLOBS, key);
+      return Response.json({ producer: m.producer, modelBytes: m.modelBytes, loadMs: m.loadMs, ortHeapBytes: ortHeapBytes() });
     }
     const { promptIds, maxTokens } = (await req.json()) as { promptIds: number[]; maxTokens: number };
-    const backend = new EdgeBackend(env);
+    const backend = new EdgeBackend({ BLOBS: env.BLOBS, EDGE_MODEL_KEY: key });
     const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
     const w = writable.getWriter();
     const enc = new TextEncoder();

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Puts the edge model and its tokenizer into the local R2 bucket that `wrangler dev --persist-to .state`
-// serves (binding BLOBS), at the keys the Worker reads:
+// serves (binding BLOBS), at the keys the Worker reads, for every converted variant (EDGE_MODEL_KEY in
+// wrangler.toml names the one it runs):
 //
-//   EDGE_MODEL_KEY (wrangler.toml)                  <- .models/onnx/<basename of EDGE_MODEL_KEY>  (graph)
-//   EDGE_MODEL_KEY + ".data"                        <- .models/onnx/<basename>.data             (weights)
-//   EDGE_MODEL_KEY with .onnx -> .tokenizer.json    <- .models/hf/tokenizer.json
+//   models/<model>-<variant>.json                   <- .models/edge/<model>-<variant>.json   (manifest)
+//   models/<dir>/<file> for every file it lists     <- .models/edge/<dir>/<file>            (graphs, weights)
+//   models/<model>-<variant>.tokenizer.bin          <- .models/edge/tokenizer.bin              (compact BPE)
 //
 //   node scripts/seed_local_storage.mjs [--persist-to .state] [--force]
 //
@@ -13,7 +14,7 @@
 // The vitest runs do not use .state; they seed their own isolated R2 (test/setup/edge-model.ts).
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -28,11 +29,24 @@ const modelKey = /^EDGE_MODEL_KEY\s*=\s*"([^"]+)"/m.exec(toml)?.[1];
 const bucket = /binding\s*=\s*"BLOBS"\s*\n\s*bucket_name\s*=\s*"([^"]+)"/m.exec(toml)?.[1];
 if (!modelKey || !bucket) throw new Error("wrangler.toml: EDGE_MODEL_KEY or the BLOBS bucket_name not found");
 
-const files = [
-  { key: modelKey, path: join(root, ".models/onnx", basename(modelKey)) },
-  { key: modelKey + ".data", path: join(root, ".models/onnx", basename(modelKey) + ".data") },
-  { key: modelKey.replace(/\.onnx$/, "") + ".tokenizer.json", path: join(root, ".models/hf/tokenizer.json") },
-];
+const edge = join(root, ".models/edge");
+const prefix = modelKey.slice(0, modelKey.lastIndexOf("/") + 1);
+const manifests = existsSync(edge) ? readdirSync(edge).filter((f) => /^[a-z0-9.-]+-[a-z0-9]+\.json$/.test(f) && f !== "quality.json" && f !== "verified.json") : [];
+if (!manifests.includes(basename(modelKey))) {
+  console.error(`.models/edge/${basename(modelKey)} is missing: run gpu-backend/.venv/bin/python scripts/convert_edge_model.py --out .models`);
+  process.exit(1);
+}
+const files = [];
+const seen = new Set();
+for (const name of manifests) {
+  const m = JSON.parse(readFileSync(join(edge, name), "utf8"));
+  files.push({ key: prefix + name, path: join(edge, name) });
+  files.push({ key: prefix + name.replace(/\.json$/, ".tokenizer.bin"), path: join(edge, "tokenizer.bin") });
+  for (const f of m.files) {
+    const key = `${prefix}${m.dir}/${f.name}`;
+    if (!seen.has(key)) files.push({ key, path: join(edge, m.dir, f.name) }), seen.add(key);
+  }
+}
 
 const sha256 = (path) =>
   new Promise((resolve, reject) => {

@@ -5,18 +5,22 @@
  * turn computed (the uncovered prompt tokens and every generated token that was fed back; the last
  * generated token never was) and a done event.
  */
-import type { Backend, GenerateEvent, GenerateRequest, KvChunk } from "../backends/types";
-import { encodeChunk } from "../sessions/chunk";
+import type { Backend, GenerateEvent, GenerateRequest } from "../backends/types";
 import { IM_END_ID } from "./chat-template";
-import { emptyPast, forward, HEAD_DIM, KV_HEADS, LAYERS, loadEdgeModel, ORT_TAG, pastFromPayloads, payloadFromPast, VOCAB } from "./onnx-session";
+import { chunkOfPast, restoreChunks, usableChunks } from "./kv-chunks";
+import { forward, loadEdgeModel, ORT_TAG, PastKv, VOCAB } from "./onnx-session";
 import { randomSeed, sampleToken, seededRng, StopMatcher } from "./sampling";
 import { loadTokenizer } from "./tokenizer";
 
+export { usableChunks } from "./kv-chunks";
+
 export const EDGE_MODEL_ID = "smollm2-135m-instruct";
+/** Generated tokens the KV cache makes room for up front: a light step's 64 never grow it. */
+const GENERATION_ROOM = 64;
 
 export interface EdgeEnv {
   BLOBS: R2Bucket;
-  /** R2 key of the .onnx graph; its weights are at key + ".data", tokenizer.json beside it (tokenizer.ts). */
+  /** R2 key of the model's manifest (model-files.ts); tokenizer.json beside it (tokenizer.ts). */
   EDGE_MODEL_KEY: string;
 }
 
@@ -51,15 +55,14 @@ export class EdgeBackend implements Backend {
     this.producer = model.producer;
     signal?.throwIfAborted();
 
-    const usable = usableChunks(req.restored, model.producer, ids.length);
-    const cached = usable.length ? usable[usable.length - 1]!.header.token_end : 0;
     if (maxTokens < 1) {
-      yield { type: "done", finishReason: "length", cachedTokens: cached };
+      yield { type: "done", finishReason: "length", cachedTokens: usableChunks(req.restored, model.producer, ids.length).at(-1)?.header.token_end ?? 0 };
       return;
     }
-    let past = cached ? pastFromPayloads(usable.map((c) => ({ tokens: c.header.token_end - c.header.token_start, payload: c.payload }))) : emptyPast();
-    let { logits, past: next } = await forward(model, ids.slice(cached), past);
-    past = next;
+    // Room for the prompt and the first tokens fed back; a longer generation grows the cache.
+    let past = new PastKv(ids.length + Math.min(maxTokens - 1, GENERATION_ROOM));
+    const cached = restoreChunks(past, usableChunks(req.restored, model.producer, ids.length));
+    let { logits } = await forward(model, ids.slice(cached), past);
 
     const rng = seededRng(req.sampling.seed ?? randomSeed());
     const stops = new StopMatcher(stop);
@@ -82,32 +85,7 @@ export class EdgeBackend implements Backend {
       ({ logits, past } = await forward(model, [id], past));
     }
 
-    const chunk = await encodeChunk(
-      { producer: model.producer, codec: "raw-f32", layers: LAYERS, kv_heads: KV_HEADS, head_dim: HEAD_DIM, token_start: cached, token_end: past.length },
-      payloadFromPast(past, cached),
-    );
-    yield { type: "kv", chunk };
+    yield { type: "kv", chunk: await chunkOfPast(past, cached, model.producer) };
     yield { type: "done", finishReason, cachedTokens: cached };
   }
-}
-
-/**
- * The restored chunks this model can use: contiguous from token 0, our producer and raw-f32 shape,
- * ending before the last prompt token (which must run to give the next logits). The first chunk
- * that does not fit ends the list; the rest of the prompt is recomputed.
- */
-export function usableChunks(restored: readonly KvChunk[], producer: string, promptLength: number): KvChunk[] {
-  const out: KvChunk[] = [];
-  let end = 0;
-  for (const c of restored) {
-    const h = c.header;
-    const fits =
-      h.producer === producer && h.codec === "raw-f32" && h.layers === LAYERS && h.kv_heads === KV_HEADS &&
-      h.head_dim === HEAD_DIM && h.token_start === end && h.token_end > end && h.token_end < promptLength &&
-      c.payload.byteLength === LAYERS * 2 * KV_HEADS * (h.token_end - h.token_start) * HEAD_DIM * 4;
-    if (!fits) break;
-    out.push(c);
-    end = h.token_end;
-  }
-  return out;
 }

@@ -1,90 +1,51 @@
 /**
- * The edge model in onnxruntime-web (wasm, one thread) inside workerd: loading it from R2 once per
- * isolate, and running it with a KV cache.
+ * The edge model in onnxruntime-web (wasm, one thread) inside workerd: loading its sessions from R2
+ * once per isolate, and running them with a KV cache.
  *
- * The model is two R2 objects: the graph at EDGE_MODEL_KEY and its weights at EDGE_MODEL_KEY + ".data"
- * (ONNX external data). The ONNX graph (scripts/convert_edge_model.py), batch 1, P past tokens, S new tokens:
- *   inputs   input_ids int64 [1, S], position_ids int64 [1, S] (P .. P+S-1),
- *            past_key_values.{0..29}.{key,value} float32 [1, 3, P, 64]
- *   outputs  logits float32 [1, 1, 49152] (last position), present.{0..29}.{key,value} float32 [1, 3, P+S, 64]
+ * The model is one embedding/lm_head session and a few decoder sessions (model-files.ts); a step
+ * runs: head (embeds) -> each decoder session in layer order -> head (logits of the last position);
+ * the head's `want_logits` input picks which of its two ends runs.
+ * Graph interfaces: scripts/edge_model/graph_layers.py and graph_head.py.
  *
- * workerd refuses to compile WebAssembly from bytes at run time, so ort's wasm arrives as a module
- * compiled at deploy time (wrangler's CompiledWasm rule for **\/*.wasm) and is handed to emscripten
- * when ort instantiates it (see `withPrecompiledOrtWasm`).
+ * Memory (Workers allow 128 MB per isolate): each session's weights are read from R2 into one
+ * staging buffer (the largest .data file, 15 MB for q4h), copied by ort tensor by tensor into its
+ * wasm memory while the session is created, and the buffer is reused for the next session, so the
+ * isolate never holds a second full copy of the weights. Prefill runs PREFILL_CHUNK tokens at a time,
+ * which bounds the attention temporaries (3 x 3C x T float32 scores).
  */
-import * as ort from "onnxruntime-web/wasm";
-import ortWasm from "onnxruntime-web/ort-wasm-simd-threaded.wasm";
+import { fileEntry, layerSessions, Manifest, modelFileKey } from "./model-files";
+import { f16Bits, HEAD_DIM, KV_HEADS, LAYERS, PastKv } from "./kv-cache";
+import { ort, ORT_TAG, sessionOptions, withPrecompiledOrtWasm } from "./ort-runtime";
 
-export const LAYERS = 30;
-export const KV_HEADS = 3;
-export const HEAD_DIM = 64;
+export { HEAD_DIM, KV_HEADS, LAYERS, ORT_TAG, PastKv };
+export { ortHeapBytes } from "./ort-runtime";
+
 export const VOCAB = 49152;
-/** Second half of the producer fingerprint: the runtime and build that computed the KV values. */
-export const ORT_TAG = "ort-web-1.30.0-wasm";
-
-/** Past KV per layer: K and V as [KV_HEADS, length, HEAD_DIM] float32 (batch dimension dropped). */
-export interface PastKv {
-  length: number;
-  tensors: Record<string, ort.Tensor>;
-}
+export const HIDDEN = 576;
+/** Prompt tokens per prefill run: attention scores 3 x 384 x T float32 (2.7 MB at T = 576). */
+export const PREFILL_CHUNK = 128;
 
 export interface EdgeModel {
-  session: ort.InferenceSession;
-  /** `sha256:<hex of .onnx then .onnx.data>+ort-web-1.30.0-wasm`: what the KV bytes depend on. */
+  head: ort.InferenceSession;
+  groups: { session: ort.InferenceSession; first: number; last: number }[];
+  manifest: Manifest;
+  /** `sha256:<hex of the manifest bytes>+ort-web-1.30.0-wasm`: what the KV bytes depend on. */
   producer: string;
   modelBytes: number;
   loadMs: number;
 }
 
-const pastName = (i: number, kv: "key" | "value") => `past_key_values.${i}.${kv}`;
-const presentName = (i: number, kv: "key" | "value") => `present.${i}.${kv}`;
-
-/**
- * Runs `create` with WebAssembly.instantiate redirected to the precompiled ort module. Only calls
- * that pass bytes are redirected (workerd would reject them anyway); a caller passing a compiled
- * module, like our codec's wasm, is untouched. ort is told `wasmBinary = <placeholder bytes>` so
- * that its emscripten glue takes the ArrayBuffer path, which ends in WebAssembly.instantiate.
- */
-async function withPrecompiledOrtWasm<T>(create: () => Promise<T>): Promise<T> {
-  const original = WebAssembly.instantiate;
-  const redirected = ((source: unknown, imports?: WebAssembly.Imports) => {
-    if (source instanceof WebAssembly.Module) return original(source, imports);
-    return original(ortWasm, imports).then((instance) => {
-      ortMemory = findMemory(imports) ?? findMemory({ exports: instance.exports });
-      return { instance, module: ortWasm };
-    });
-  }) as typeof WebAssembly.instantiate;
-  WebAssembly.instantiate = redirected;
-  try {
-    return await create();
-  } finally {
-    if (WebAssembly.instantiate === redirected) WebAssembly.instantiate = original;
-  }
-}
-
-let ortMemory: WebAssembly.Memory | null = null;
-
-function findMemory(imports: WebAssembly.Imports | undefined): WebAssembly.Memory | null {
-  for (const ns of Object.values(imports ?? {}))
-    for (const v of Object.values(ns ?? {})) if (v instanceof WebAssembly.Memory) return v;
-  return null;
-}
-
-/** Size of ort's wasm linear memory (its high-water mark: wasm memory never shrinks), or 0 before load. */
-export function ortHeapBytes(): number {
-  return ortMemory?.buffer.byteLength ?? 0;
-}
-
 let cached: { key: string; model: Promise<EdgeModel> } | null = null;
 
 /**
- * The ort session for the model at `key` in R2, created once per isolate (concurrent callers share
- * the promise; a failure is forgotten so that the next request retries).
+ * The edge model whose manifest is at `key` in R2, loaded once per isolate (concurrent callers
+ * share the promise; a failure is forgotten so that the next request retries).
  *
  * @example
  * ```ts
  * const model = await loadEdgeModel(env.BLOBS, env.EDGE_MODEL_KEY);
- * const { logits, past } = await forward(model, promptIds, emptyPast());
+ * const past = new PastKv(promptIds.length + maxTokens);
+ * const { logits } = await forward(model, promptIds, past);
  * ```
  */
 export function loadEdgeModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
@@ -98,115 +59,99 @@ export function loadEdgeModel(blobs: R2Bucket, key: string): Promise<EdgeModel> 
   return cached.model;
 }
 
-/** R2 key of the external weights of the graph at `key` (the graph names them `<basename>.data`). */
-export function modelDataKey(key: string): string {
-  return key + ".data";
-}
+const hex = (b: ArrayBuffer) => Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
 
 async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
   const t0 = Date.now();
-  const [graphObj, dataObj] = await Promise.all([blobs.get(key), blobs.get(modelDataKey(key))]);
-  if (!graphObj || !dataObj)
-    throw new Error(`edge model not found in R2 at ${key} (+ .data); run node scripts/seed_local_storage.mjs`);
-  const graph = new Uint8Array(await graphObj.arrayBuffer());
-  let data: Uint8Array | null = new Uint8Array(await dataObj.arrayBuffer());
-  // Fingerprint: sha256 over graph bytes then weight bytes (convert_edge_model.py's model_digest).
-  const hasher = new crypto.DigestStream("SHA-256");
-  const w = hasher.getWriter();
-  await w.write(graph);
-  await w.write(data);
-  await w.close();
-  const hex = Array.from(new Uint8Array(await hasher.digest), (b) => b.toString(16).padStart(2, "0")).join("");
-  ort.env.wasm.numThreads = 1; // no SharedArrayBuffer workers in workerd
-  ort.env.wasm.proxy = false;
-  ort.env.wasm.wasmBinary = PLACEHOLDER;
-  const modelBytes = graph.byteLength + data.byteLength;
-  const session = await withPrecompiledOrtWasm(() =>
-    ort.InferenceSession.create(graph, {
-      executionProviders: ["wasm"],
-      graphOptimizationLevel: "all",
-      // Each weight is copied once from this buffer into wasm memory, then the buffer can go.
-      externalData: [{ path: key.slice(key.lastIndexOf("/") + 1) + ".data", data: data! }],
-    }),
-  );
-  data = null;
-  return { session, producer: `sha256:${hex}+${ORT_TAG}`, modelBytes, loadMs: Date.now() - t0 };
-}
-
-/** The wasm magic and version: enough bytes for ort to take the "binary given" path. */
-const PLACEHOLDER = new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
-
-export function emptyPast(): PastKv {
-  const tensors: Record<string, ort.Tensor> = {};
-  for (let i = 0; i < LAYERS; i++)
-    for (const kv of ["key", "value"] as const)
-      tensors[pastName(i, kv)] = new ort.Tensor("float32", new Float32Array(0), [1, KV_HEADS, 0, HEAD_DIM]);
-  return { length: 0, tensors };
+  const obj = await blobs.get(key);
+  if (!obj) throw new Error(`edge model not found in R2 at ${key}; run node scripts/seed_local_storage.mjs`);
+  const manifestBytes = new Uint8Array(await obj.arrayBuffer());
+  const manifest = Manifest.parse(JSON.parse(new TextDecoder().decode(manifestBytes)));
+  const producer = `sha256:${hex(await crypto.subtle.digest("SHA-256", manifestBytes))}+${ORT_TAG}`;
+  const staging = { buffer: new ArrayBuffer(manifest.staging_bytes) };
+  const sessions = new Map<string, ort.InferenceSession>();
+  for (const s of manifest.sessions) {
+    const graph = await readVerified(blobs, key, manifest, s.graph, null);
+    const data = await readVerified(blobs, key, manifest, s.graph + ".data", staging);
+    const external = { path: s.graph.slice(s.graph.lastIndexOf("/") + 1) + ".data", data };
+    sessions.set(s.name, await withPrecompiledOrtWasm(() => ort.InferenceSession.create(graph, sessionOptions(external))));
+  }
+  const head = sessions.get("head");
+  if (!head) throw new Error("edge model manifest has no head session");
+  const groups = layerSessions(manifest).map((g) => ({ session: sessions.get(g.name)!, first: g.first, last: g.last }));
+  const modelBytes = manifest.files.reduce((n, f) => n + f.bytes, 0);
+  return { head, groups, manifest, producer, modelBytes, loadMs: Date.now() - t0 };
 }
 
 /**
- * Past KV from raw-f32 chunk payloads covering [0, length) in order (each laid out as
- * docs/kv-chunk-format.md: per layer K then V, [KV_HEADS, tokens, HEAD_DIM]).
+ * File `name` of the model, read from R2 and checked against the manifest's size and SHA-256: into
+ * the shared staging buffer (BYOB reads move it; the holder gets the moved buffer back) or, for a
+ * small graph file, into its own array.
  */
-export function pastFromPayloads(parts: { tokens: number; payload: Uint8Array }[]): PastKv {
-  const length = parts.reduce((n, p) => n + p.tokens, 0);
-  const floats = parts.map((p) => {
-    const copy = p.payload.slice(); // aligned copy: the payload may start at any byte offset
-    return new Float32Array(copy.buffer, 0, copy.byteLength / 4);
-  });
-  const tensors: Record<string, ort.Tensor> = {};
-  for (let i = 0; i < LAYERS; i++) {
-    for (const [j, kv] of (["key", "value"] as const).entries()) {
-      const out = new Float32Array(KV_HEADS * length * HEAD_DIM);
-      let t0 = 0;
-      parts.forEach((p, c) => {
-        const src = floats[c]!;
-        const block = KV_HEADS * p.tokens * HEAD_DIM;
-        const base = (i * 2 + j) * block;
-        for (let h = 0; h < KV_HEADS; h++) {
-          const row = src.subarray(base + h * p.tokens * HEAD_DIM, base + (h + 1) * p.tokens * HEAD_DIM);
-          out.set(row, (h * length + t0) * HEAD_DIM);
-        }
-        t0 += p.tokens;
-      });
-      tensors[pastName(i, kv)] = new ort.Tensor("float32", out, [1, KV_HEADS, length, HEAD_DIM]);
-    }
+async function readVerified(blobs: R2Bucket, key: string, manifest: Manifest, name: string, staging: { buffer: ArrayBuffer } | null): Promise<Uint8Array> {
+  const f = fileEntry(manifest, name);
+  const obj = await blobs.get(modelFileKey(key, manifest, name));
+  if (!obj) throw new Error(`edge model file ${name} not found in R2; run node scripts/seed_local_storage.mjs`);
+  if (obj.size !== f.bytes) throw new Error(`edge model file ${name}: ${obj.size} bytes in R2, manifest says ${f.bytes}`);
+  let buffer = staging?.buffer ?? new ArrayBuffer(f.bytes);
+  if (f.bytes > buffer.byteLength) throw new Error(`edge model file ${name} is larger than the manifest's staging_bytes`);
+  const hasher = new crypto.DigestStream("SHA-256");
+  const writer = hasher.getWriter();
+  const reader = obj.body.getReader({ mode: "byob" });
+  let off = 0;
+  while (off < f.bytes) {
+    const { value, done } = await reader.read(new Uint8Array(buffer, off, Math.min(f.bytes - off, 1 << 20)));
+    if (done || !value) throw new Error(`edge model file ${name} ended at ${off} of ${f.bytes} bytes`);
+    buffer = value.buffer as ArrayBuffer; // a BYOB read transfers the buffer; value views the same bytes
+    await writer.write(value);
+    off += value.byteLength;
   }
-  return { length, tensors };
+  reader.releaseLock();
+  await writer.close();
+  if (hex(await hasher.digest) !== f.sha256) throw new Error(`edge model file ${name}: SHA-256 differs from the manifest`);
+  if (staging) staging.buffer = buffer;
+  return new Uint8Array(buffer, 0, f.bytes);
 }
 
-/** The raw-f32 payload for tokens [start, past.length) of `past`. */
-export function payloadFromPast(past: PastKv, start: number): Uint8Array {
-  const T = past.length, n = T - start;
-  const out = new Float32Array(LAYERS * 2 * KV_HEADS * n * HEAD_DIM);
-  let o = 0;
-  for (let i = 0; i < LAYERS; i++) {
-    for (const kv of ["key", "value"] as const) {
-      const data = past.tensors[pastName(i, kv)]!.data as Float32Array;
-      for (let h = 0; h < KV_HEADS; h++) {
-        out.set(data.subarray((h * T + start) * HEAD_DIM, (h * T + T) * HEAD_DIM), o);
-        o += n * HEAD_DIM;
-      }
-    }
-  }
-  return new Uint8Array(out.buffer); // little-endian: workerd runs on little-endian hosts only
-}
+let zeroHidden: ort.Tensor | null = null;
+let oneId: ort.Tensor | null = null;
+const flag = (b: boolean) => new ort.Tensor("bool", new Uint8Array([b ? 1 : 0]), []);
 
 /**
- * Runs `ids` at positions past.length .. past.length + ids.length - 1.
- * Returns the last position's logits and the past extended by `ids`.
+ * Runs `ids` at positions past.length .. past.length + ids.length - 1, appending their KV to `past`.
+ * Returns the last position's logits.
  */
 export async function forward(model: EdgeModel, ids: readonly number[], past: PastKv): Promise<{ logits: Float32Array; past: PastKv }> {
   if (ids.length === 0) throw new Error("forward needs at least one token");
+  past.reserve(ids.length);
+  let hidden: Float32Array | null = null;
+  for (let a = 0; a < ids.length; a += PREFILL_CHUNK) hidden = await runChunk(model, ids.slice(a, a + PREFILL_CHUNK), past);
+  const last = hidden!.subarray(hidden!.length - HIDDEN);
+  oneId ??= new ort.Tensor("int64", new BigInt64Array(1), [1, 1]);
+  const out = await model.head.run({ input_ids: oneId, hidden: new ort.Tensor("float32", last, [1, 1, HIDDEN]), want_logits: flag(true) });
+  return { logits: out.out!.data as Float32Array, past };
+}
+
+/** Embeds `ids`, runs every decoder session, appends the KV; returns the last session's hidden states. */
+async function runChunk(model: EdgeModel, ids: readonly number[], past: PastKv): Promise<Float32Array> {
   const P = past.length;
-  const feeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
-    position_ids: new ort.Tensor("int64", BigInt64Array.from(ids, (_, k) => BigInt(P + k)), [1, ids.length]),
-    ...past.tensors,
-  };
-  const out = await model.session.run(feeds);
-  const tensors: Record<string, ort.Tensor> = {};
-  for (let i = 0; i < LAYERS; i++)
-    for (const kv of ["key", "value"] as const) tensors[pastName(i, kv)] = out[presentName(i, kv)]!;
-  return { logits: out.logits!.data as Float32Array, past: { length: P + ids.length, tensors } };
+  zeroHidden ??= new ort.Tensor("float32", new Float32Array(HIDDEN), [1, 1, HIDDEN]);
+  const inputIds = new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
+  const positions = new ort.Tensor("int64", BigInt64Array.from(ids, (_, k) => BigInt(P + k)), [1, ids.length]);
+  let h = (await model.head.run({ input_ids: inputIds, hidden: zeroHidden, want_logits: flag(false) })).out!;
+  for (const g of model.groups) {
+    const feeds: Record<string, ort.Tensor> = { hidden: h, position_ids: positions };
+    for (let i = g.first; i < g.last; i++) {
+      feeds[`past_key.${i}`] = past.tensor(i, 0);
+      feeds[`past_value.${i}`] = past.tensor(i, 1);
+    }
+    const out = await g.session.run(feeds);
+    for (let i = g.first; i < g.last; i++) {
+      past.write(i, 0, f16Bits(out[`key.${i}`]!));
+      past.write(i, 1, f16Bits(out[`value.${i}`]!));
+    }
+    h = out.hidden_out!;
+  }
+  past.advance(ids.length);
+  return h.data as Float32Array;
 }

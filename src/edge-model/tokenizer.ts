@@ -1,94 +1,47 @@
 /**
- * SmolLM2's byte-level BPE tokenizer: encoding through @huggingface/tokenizers, decoding through our
- * own id -> bytes table so that streamed text never splits a UTF-8 character.
+ * SmolLM2's byte-level BPE tokenizer (bpe.ts), with decoding through the tokens' bytes so that
+ * streamed text never splits a UTF-8 character.
  *
- * Where tokenizer.json comes from: it is NOT bundled into the Worker. `scripts/seed_local_storage.mjs`
- * stores it in R2 (binding BLOBS) next to the model, at `tokenizerKey(EDGE_MODEL_KEY)`, and each
- * isolate reads it once. It is 3.5 MB of JSON that only the edge model and the router's prompt
- * encoding need, and keeping it beside the model keeps the two from drifting apart.
+ * Where the tokenizer comes from: it is NOT bundled into the Worker. scripts/convert_edge_model.py
+ * writes the compact tokenizer file (1.1 MB, from the GGUF's tokenizer.json) and
+ * `scripts/seed_local_storage.mjs` stores it in R2 (binding BLOBS) next to the model, at
+ * `tokenizerKey(EDGE_MODEL_KEY)`; each isolate reads it once. Only the edge model and the router's
+ * prompt encoding need it, and keeping it beside the model keeps the two from drifting apart.
  */
-import { Tokenizer } from "@huggingface/tokenizers";
-
-/** GPT-2's byte <-> printable-char table: bytes that are printable map to themselves, others to U+0100+. */
-function byteDecoderTable(): Map<string, number> {
-  const bs: number[] = [];
-  for (let b = 0x21; b <= 0x7e; b++) bs.push(b);
-  for (let b = 0xa1; b <= 0xac; b++) bs.push(b);
-  for (let b = 0xae; b <= 0xff; b++) bs.push(b);
-  const cs = [...bs];
-  let n = 0;
-  for (let b = 0; b < 256; b++) {
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  }
-  const m = new Map<string, number>();
-  bs.forEach((b, i) => m.set(String.fromCodePoint(cs[i]!), b));
-  return m;
-}
-
-interface TokenizerJson {
-  model: { vocab: Record<string, number> };
-  added_tokens?: { id: number; content: string; special?: boolean }[];
-}
+import { Bpe } from "./bpe";
 
 export class EdgeTokenizer {
   readonly vocabSize: number;
-  private readonly bytes: Uint8Array[];
-  private readonly special: Set<number>;
 
-  private constructor(private readonly tok: Tokenizer, json: TokenizerJson) {
-    const table = byteDecoderTable();
-    const enc = new TextEncoder();
-    const entries = Object.entries(json.model.vocab);
-    this.vocabSize = Math.max(...entries.map(([, id]) => id)) + 1;
-    this.bytes = new Array<Uint8Array>(this.vocabSize).fill(new Uint8Array(0));
-    for (const [piece, id] of entries) {
-      const out: number[] = [];
-      for (const ch of piece) {
-        const b = table.get(ch);
-        if (b === undefined) out.push(...enc.encode(ch));
-        else out.push(b);
-      }
-      this.bytes[id] = Uint8Array.from(out);
-    }
-    this.special = new Set();
-    for (const t of json.added_tokens ?? []) {
-      this.bytes[t.id] = enc.encode(t.content);
-      if (t.special) this.special.add(t.id);
-    }
+  private constructor(private readonly bpe: Bpe) {
+    this.vocabSize = bpe.vocabSize;
   }
 
   /**
-   * Parses tokenizer.json (the text or the parsed object).
+   * Parses the compact tokenizer file (scripts/edge_model/tokenizer_file.py).
    *
    * @example
    * ```ts
-   * const tok = EdgeTokenizer.fromJSON(await (await env.BLOBS.get(tokenizerKey(env.EDGE_MODEL_KEY)))!.text());
+   * const tok = EdgeTokenizer.fromBytes(new Uint8Array(await (await env.BLOBS.get(tokenizerKey(env.EDGE_MODEL_KEY)))!.arrayBuffer()));
    * tok.encode("Hello world"); // [19556, 905]
    * ```
    */
-  static fromJSON(json: string | object): EdgeTokenizer {
-    const parsed = (typeof json === "string" ? JSON.parse(json) : json) as TokenizerJson;
-    if (!parsed?.model?.vocab) throw new Error("tokenizer.json has no model.vocab");
-    return new EdgeTokenizer(new Tokenizer(parsed as never, {}), parsed);
+  static fromBytes(bytes: Uint8Array): EdgeTokenizer {
+    return new EdgeTokenizer(new Bpe(bytes));
   }
 
   /** Token ids of `text`; special-token strings such as `<|im_start|>` become their ids; nothing is added. */
   encode(text: string): number[] {
-    return this.tok.encode(text, { add_special_tokens: false }).ids;
+    return this.bpe.encode(text);
   }
 
   isSpecial(id: number): boolean {
-    return this.special.has(id);
+    return this.bpe.isSpecial(id);
   }
 
   /** The raw bytes of one token (a piece of UTF-8, not necessarily a whole character). */
   tokenBytes(id: number): Uint8Array {
-    const b = this.bytes[id];
-    if (b === undefined) throw new RangeError(`token id ${id} is outside the vocabulary`);
-    return b;
+    return this.bpe.tokenBytes(id);
   }
 
   /** Text of `ids`; invalid UTF-8 becomes U+FFFD, as in HF's decode. */
@@ -131,9 +84,9 @@ export class IncrementalDecoder {
   }
 }
 
-/** R2 key of tokenizer.json for a model key: `models/x.onnx` -> `models/x.tokenizer.json`. */
+/** R2 key of the tokenizer file for a model key: `models/x.json` (or `.onnx`) -> `models/x.tokenizer.bin`. */
 export function tokenizerKey(modelKey: string): string {
-  return modelKey.replace(/\.onnx$/, "") + ".tokenizer.json";
+  return modelKey.replace(/\.(json|onnx)$/, "") + ".tokenizer.bin";
 }
 
 let cached: { key: string; tok: Promise<EdgeTokenizer> } | null = null;
@@ -145,7 +98,7 @@ export function loadTokenizer(blobs: R2Bucket, modelKey: string): Promise<EdgeTo
     const tok = (async () => {
       const obj = await blobs.get(key);
       if (!obj) throw new Error(`tokenizer not found in R2 at ${key} (run node scripts/seed_local_storage.mjs)`);
-      return EdgeTokenizer.fromJSON(await obj.text());
+      return EdgeTokenizer.fromBytes(new Uint8Array(await obj.arrayBuffer()));
     })();
     cached = { key, tok };
     tok.catch(() => {

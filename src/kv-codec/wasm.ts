@@ -27,6 +27,12 @@ interface Exports {
   spec_v1_layer(pred: number, out: number, observed: number): number;
   spec_v1_finish(): number;
   spec_v1_exps(): number;
+  edge_kv_begin(L: number, KH: number, T: number, D: number): number;
+  edge_kv_encode_block(values: number, out: number, cap: number): number;
+  edge_kv_header(out: number): number;
+  edge_kv_check_header(data: number, len: number): number;
+  edge_kv_decode_block(data: number, len: number, out: number): number;
+  edge_kv_end(): number;
   [name: string]: unknown;
 }
 
@@ -55,6 +61,10 @@ export class CodecWasm {
   /** Views into wasm memory; take them again after any call that may grow memory. */
   u8(ptr: number, n: number): Uint8Array {
     return new Uint8Array(this.fn.memory.buffer, ptr, n);
+  }
+
+  u16(ptr: number, n: number): Uint16Array {
+    return new Uint16Array(this.fn.memory.buffer, ptr, n);
   }
 
   f32(ptr: number, n: number): Float32Array {

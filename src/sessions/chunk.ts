@@ -69,6 +69,19 @@ export function rawPayloadBytes(h: Pick<ChunkHeader, "codec" | "layers" | "kv_he
  * ```
  */
 export async function encodeChunk(fields: ChunkFields, payload: Uint8Array): Promise<Uint8Array> {
+  return encodeChunkParts(fields, [payload]);
+}
+
+/**
+ * `encodeChunk` for a payload given as consecutive parts (a streamed coder's output): the container
+ * is written once, without first joining the parts into a payload.
+ */
+export async function encodeChunkParts(fields: ChunkFields, parts: readonly Uint8Array[]): Promise<Uint8Array> {
+  const payloadBytes = parts.reduce((n, p) => n + p.byteLength, 0);
+  const hasher = new crypto.DigestStream("SHA-256");
+  const writer = hasher.getWriter();
+  for (const p of parts) await writer.write(p);
+  await writer.close();
   const header: ChunkHeader = {
     producer: fields.producer,
     codec: fields.codec,
@@ -77,19 +90,23 @@ export async function encodeChunk(fields: ChunkFields, payload: Uint8Array): Pro
     head_dim: fields.head_dim,
     token_start: fields.token_start,
     token_end: fields.token_end,
-    payload_bytes: payload.byteLength,
-    payload_sha256: await sha256Hex(payload),
+    payload_bytes: payloadBytes,
+    payload_sha256: Array.from(new Uint8Array(await hasher.digest), (b) => b.toString(16).padStart(2, "0")).join(""),
   };
   const problem = checkHeader(header);
   if (problem) throw new Error(`encodeChunk: ${problem}`);
   const json = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(CHUNK_PREFIX_BYTES + json.byteLength + payload.byteLength);
+  const out = new Uint8Array(CHUNK_PREFIX_BYTES + json.byteLength + payloadBytes);
   const view = new DataView(out.buffer);
   out.set(CHUNK_MAGIC, 0);
   view.setUint16(4, CHUNK_VERSION, true);
   view.setUint32(6, json.byteLength, true);
   out.set(json, CHUNK_PREFIX_BYTES);
-  out.set(payload, CHUNK_PREFIX_BYTES + json.byteLength);
+  let at = CHUNK_PREFIX_BYTES + json.byteLength;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
   return out;
 }
 
