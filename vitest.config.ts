@@ -50,9 +50,15 @@ export default defineConfig({
     }),
   ],
   test: {
-    include: ["test/**/*.test.ts", "src/**/*.test.ts", "wasm/tests/**/*.test.ts"],
-    setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
+    // The codec and tokenizer tests need no model in R2: they skip the seeding (seconds per file).
+    projects: [
+      {
+        extends: true,
+        test: { name: "worker", include: ["test/**/*.test.ts", "src/**/*.test.ts"], exclude: ["test/bpe.test.ts"], setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"] },
+      },
+      { extends: true, test: { name: "codec", include: ["wasm/tests/**/*.test.ts", "test/bpe.test.ts"] } },
+    ],
   },
 });

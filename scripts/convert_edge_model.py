@@ -33,7 +33,7 @@ from edge_model.tokenizer_file import write_tokenizer_file  # noqa: E402
 from edge_model.files import VARIANTS  # noqa: E402
 
 FIXTURES = REPO / "test" / "fixtures"
-DEFAULT_VARIANT = "q41h"  # the one wrangler.toml's EDGE_MODEL_KEY names and the tests run
+DEFAULT_VARIANT = "q8h"  # the one wrangler.toml's EDGE_MODEL_KEY names and the tests run: the exact GGUF head
 log = verify.log
 
 

@@ -4,7 +4,8 @@
 #      TRITON_INTERPRET=1, scheduler, server, codec, speculator determinism.
 #   2. the Worker (vitest inside workerd), with the real GPU backend started on CPU for the
 #      dispatch tests; it exports spec-v1 chunks (speculative KV coding), so session turns that
-#      resume on the GPU store and restore coded chunks through R2 (REPRISE_TEST_KV_CODEC=raw: raw).
+#      resume on the GPU store and restore coded chunks through R2 (REPRISE_TEST_KV_CODEC=raw: raw);
+#      before it, the deployable bundle's compressed size against Workers' limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=gpu-backend/.venv/bin/python
@@ -28,6 +29,9 @@ for _ in $(seq 1 120); do
   kill -0 $backend_pid 2>/dev/null || { echo "backend died:"; cat .state/backend-test.log; break; }
   sleep 1
 done
+
+echo "== edge: deployable bundle size (wrangler deploy --dry-run)"
+node scripts/bundle_size.mjs || status=1
 
 echo "== edge: vitest in workerd"
 REPRISE_TEST_BACKEND_URL="http://127.0.0.1:$port" REPRISE_TEST_BACKEND_SECRET="$(cat "$secret_file")" \

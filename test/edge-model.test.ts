@@ -10,6 +10,8 @@ import { encodeChat, renderChat } from "../src/edge-model/chat-template";
 import { loadEdgeModel } from "../src/edge-model/onnx-session";
 import { EdgeTokenizer, loadTokenizer } from "../src/edge-model/tokenizer";
 import { decodeChunk, encodeChunk } from "../src/sessions/chunk";
+import { codecWasm } from "../src/kv-codec/wasm";
+import { limitOrtMemory, ortHeapBytes } from "../src/edge-model/ort-runtime";
 import greedyFx from "./fixtures/edge-greedy.json";
 import tokFx from "./fixtures/edge-tokenizer.json";
 
@@ -150,7 +152,7 @@ describe("EdgeBackend.generate", () => {
       const a = await run(prompt.slice(0, k), { maxTokens: 1 });
       expect(a.chunks).toHaveLength(1);
       const chunkA = await chunkOf(a.chunks[0]!);
-      expect(chunkA.header).toMatchObject({ codec: "raw-f32", layers: 30, kv_heads: 3, head_dim: 64, token_start: 0, token_end: k });
+      expect(chunkA.header).toMatchObject({ codec: "edge-kv-v1", layers: 30, kv_heads: 3, head_dim: 64, token_start: 0, token_end: k });
       expect(chunkA.header.producer).toMatch(/^sha256:[0-9a-f]{64}\+ort-web-1\.30\.0-wasm$/);
       // Turn B: the whole prompt with chunk A: only [k, n) is prefilled.
       const b = await run(prompt, { maxTokens: first!.onnx_greedy_ids.length }, [chunkA]);
@@ -160,6 +162,27 @@ describe("EdgeBackend.generate", () => {
       expect(chunkB.header.token_start).toBe(k);
       expect(chunkB.header.token_end).toBe(prompt.length + b.ids.length - 1);
     }, 180_000);
+
+    it("should store a turn's KV in at most 40% of the raw float32 chunk (46,080 bytes per token)", async () => {
+      const c = first!;
+      const r = await run(c.prompt_ids, { maxTokens: greedyFx.max_new_tokens });
+      const chunk = await chunkOf(r.chunks[0]!);
+      const tokens = chunk.header.token_end - chunk.header.token_start;
+      expect(tokens).toBe(c.prompt_ids.length + r.ids.length - 1);
+      expect(r.chunks[0]!.byteLength / tokens).toBeLessThanOrEqual(0.4 * 46080);
+    }, 120_000);
+
+    it("should recompute when a stored chunk's payload was altered (and re-signed), with the same tokens", async () => {
+      const prompt = first!.prompt_ids;
+      const a = await run(prompt.slice(0, 12), { maxTokens: 1 });
+      const real = await chunkOf(a.chunks[0]!);
+      const payload = real.payload.slice();
+      payload[payload.length >> 1]! ^= 0x40; // a range-coder byte: the block decodes to other values
+      const altered = await chunkOf(await encodeChunk(real.header, payload));
+      const b = await run(prompt, { maxTokens: 4 }, [altered]);
+      expect(b.cachedTokens).toBe(0);
+      expect(b.ids).toEqual(first!.onnx_greedy_ids.slice(0, 4));
+    }, 120_000);
 
     it("should recompute from token ids when a chunk is not ours", async () => {
       const prompt = first!.prompt_ids;

@@ -60,7 +60,7 @@ export class EdgeBackend implements Backend {
       return;
     }
     // Room for the prompt and the first tokens fed back; a longer generation grows the cache.
-    let past = new PastKv(ids.length + Math.min(maxTokens - 1, GENERATION_ROOM));
+    using past = new PastKv(ids.length + Math.min(maxTokens - 1, GENERATION_ROOM));
     const cached = restoreChunks(past, usableChunks(req.restored, model.producer, ids.length));
     let { logits } = await forward(model, ids.slice(cached), past);
 
@@ -82,7 +82,7 @@ export class EdgeBackend implements Backend {
       if (id === IM_END_ID) finishReason = "stop";
       if (last) break;
       signal?.throwIfAborted();
-      ({ logits, past } = await forward(model, [id], past));
+      ({ logits } = await forward(model, [id], past));
     }
 
     yield { type: "kv", chunk: await chunkOfPast(past, cached, model.producer) };

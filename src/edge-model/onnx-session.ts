@@ -8,22 +8,26 @@
  * Graph interfaces: scripts/edge_model/graph_layers.py and graph_head.py.
  *
  * Memory (Workers allow 128 MB per isolate): each session's weights are read from R2 into one
- * staging buffer (the largest .data file, 15 MB for q4h), copied by ort tensor by tensor into its
- * wasm memory while the session is created, and the buffer is reused for the next session, so the
- * isolate never holds a second full copy of the weights. Prefill runs PREFILL_CHUNK tokens at a time,
- * which bounds the attention temporaries (3 x 3C x T float32 scores).
+ * staging buffer (the largest .data file), copied by ort tensor by tensor into its own allocations
+ * while the session is created, and the buffer is reused for the next session, so the isolate never
+ * holds a second full copy of the weights. The staging buffer is allocated in ort's wasm heap and
+ * freed after loading: the hole is what ort's working set and the KV cache (kv-cache.ts) then use,
+ * instead of the isolate holding both (wasm memory never shrinks). Prefill runs PREFILL_CHUNK tokens
+ * at a time, which bounds the attention temporaries (3 x 3C x T float32 scores).
  */
 import { fileEntry, layerSessions, Manifest, modelFileKey } from "./model-files";
 import { f16Bits, HEAD_DIM, KV_HEADS, LAYERS, PastKv } from "./kv-cache";
-import { ort, ORT_TAG, sessionOptions, withPrecompiledOrtWasm } from "./ort-runtime";
+import { ort, ORT_TAG, ortHeap, sessionOptions, withPrecompiledOrtWasm } from "./ort-runtime";
 
 export { HEAD_DIM, KV_HEADS, LAYERS, ORT_TAG, PastKv };
 export { ortHeapBytes } from "./ort-runtime";
 
 export const VOCAB = 49152;
 export const HIDDEN = 576;
-/** Prompt tokens per prefill run: attention scores 3 x 384 x T float32 (2.7 MB at T = 576). */
-export const PREFILL_CHUNK = 128;
+/** Prompt tokens per prefill run: attention scores 3 x 192 x T float32 (1.3 MB at T = 576). */
+export const PREFILL_CHUNK = 64;
+/** A one-node ONNX model (Identity), loaded first so that ort's heap exists before the weights arrive. */
+const INIT_MODEL = new Uint8Array([8, 8, 58, 58, 10, 16, 10, 1, 120, 18, 1, 121, 34, 8, 73, 100, 101, 110, 116, 105, 116, 121, 18, 4, 105, 110, 105, 116, 90, 15, 10, 1, 120, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 98, 15, 10, 1, 121, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 66, 4, 10, 0, 16, 17]);
 
 export interface EdgeModel {
   head: ort.InferenceSession;
@@ -68,13 +72,21 @@ async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
   const manifestBytes = new Uint8Array(await obj.arrayBuffer());
   const manifest = Manifest.parse(JSON.parse(new TextDecoder().decode(manifestBytes)));
   const producer = `sha256:${hex(await crypto.subtle.digest("SHA-256", manifestBytes))}+${ORT_TAG}`;
-  const staging = { buffer: new ArrayBuffer(manifest.staging_bytes) };
+  await (await withPrecompiledOrtWasm(() => ort.InferenceSession.create(INIT_MODEL))).release();
+  const heap = ortHeap();
+  const at = heap?.malloc(manifest.staging_bytes) ?? 0;
+  const jsStaging = at ? null : new Uint8Array(manifest.staging_bytes);
+  const staging = (n: number) => (jsStaging ? jsStaging.subarray(0, n) : new Uint8Array(heap!.memory.buffer, at, n));
   const sessions = new Map<string, ort.InferenceSession>();
-  for (const s of manifest.sessions) {
-    const graph = await readVerified(blobs, key, manifest, s.graph, null);
-    const data = await readVerified(blobs, key, manifest, s.graph + ".data", staging);
-    const external = { path: s.graph.slice(s.graph.lastIndexOf("/") + 1) + ".data", data };
-    sessions.set(s.name, await withPrecompiledOrtWasm(() => ort.InferenceSession.create(graph, sessionOptions(external))));
+  try {
+    for (const s of manifest.sessions) {
+      const graph = await readVerified(blobs, key, manifest, s.graph, (n) => new Uint8Array(n));
+      const data = await readVerified(blobs, key, manifest, s.graph + ".data", staging);
+      const external = { path: s.graph.slice(s.graph.lastIndexOf("/") + 1) + ".data", data };
+      sessions.set(s.name, await withPrecompiledOrtWasm(() => ort.InferenceSession.create(graph, sessionOptions(external))));
+    }
+  } finally {
+    if (at) heap!.free(at);
   }
   const head = sessions.get("head");
   if (!head) throw new Error("edge model manifest has no head session");
@@ -84,33 +96,33 @@ async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
 }
 
 /**
- * File `name` of the model, read from R2 and checked against the manifest's size and SHA-256: into
- * the shared staging buffer (BYOB reads move it; the holder gets the moved buffer back) or, for a
- * small graph file, into its own array.
+ * File `name` of the model, read from R2 into `into(size)` and checked against the manifest's size
+ * and SHA-256. Reads go through one 1 MiB bounce buffer (BYOB reads move their buffer, which wasm
+ * memory cannot be), so reading leaves no garbage behind.
  */
-async function readVerified(blobs: R2Bucket, key: string, manifest: Manifest, name: string, staging: { buffer: ArrayBuffer } | null): Promise<Uint8Array> {
+async function readVerified(blobs: R2Bucket, key: string, manifest: Manifest, name: string, into: (bytes: number) => Uint8Array): Promise<Uint8Array> {
   const f = fileEntry(manifest, name);
   const obj = await blobs.get(modelFileKey(key, manifest, name));
   if (!obj) throw new Error(`edge model file ${name} not found in R2; run node scripts/seed_local_storage.mjs`);
   if (obj.size !== f.bytes) throw new Error(`edge model file ${name}: ${obj.size} bytes in R2, manifest says ${f.bytes}`);
-  let buffer = staging?.buffer ?? new ArrayBuffer(f.bytes);
-  if (f.bytes > buffer.byteLength) throw new Error(`edge model file ${name} is larger than the manifest's staging_bytes`);
+  const out = into(f.bytes);
   const hasher = new crypto.DigestStream("SHA-256");
   const writer = hasher.getWriter();
   const reader = obj.body.getReader({ mode: "byob" });
+  let bounce = new ArrayBuffer(1 << 20);
   let off = 0;
   while (off < f.bytes) {
-    const { value, done } = await reader.read(new Uint8Array(buffer, off, Math.min(f.bytes - off, 1 << 20)));
+    const { value, done } = await reader.read(new Uint8Array(bounce, 0, Math.min(f.bytes - off, bounce.byteLength)));
     if (done || !value) throw new Error(`edge model file ${name} ended at ${off} of ${f.bytes} bytes`);
-    buffer = value.buffer as ArrayBuffer; // a BYOB read transfers the buffer; value views the same bytes
-    await writer.write(value);
+    bounce = value.buffer as ArrayBuffer; // a BYOB read transfers the buffer; value views the same bytes
+    out.set(value, off);
+    await writer.write(value); // hashed before the next read reuses the buffer
     off += value.byteLength;
   }
   reader.releaseLock();
   await writer.close();
   if (hex(await hasher.digest) !== f.sha256) throw new Error(`edge model file ${name}: SHA-256 differs from the manifest`);
-  if (staging) staging.buffer = buffer;
-  return new Uint8Array(buffer, 0, f.bytes);
+  return out;
 }
 
 let zeroHidden: ort.Tensor | null = null;

@@ -85,6 +85,40 @@ function findMemory(imports: WebAssembly.Imports | undefined): WebAssembly.Memor
   return null;
 }
 
+/** ort's own allocator, for buffers that should live in its wasm memory (see `ortHeap`). */
+export interface OrtHeap {
+  memory: WebAssembly.Memory;
+  malloc(bytes: number): number;
+  free(ptr: number): void;
+}
+
+let heap: OrtHeap | null | undefined;
+let ortExports: WebAssembly.Exports | null = null;
+/** emscripten's minified export names of malloc and free in onnxruntime-web 1.30.0's wasm (its glue: `_malloc=c.wb`, `_free=c.vb`). */
+const ALLOCATOR_EXPORTS: Record<string, { malloc: string; free: string }> = { "1.30.0": { malloc: "wb", free: "vb" } };
+
+/**
+ * malloc/free of ort's wasm heap, or null before ort loads or for another ort build. Buffers the edge
+ * model keeps beside ort (the weight staging buffer while sessions load, the KV cache during a turn)
+ * live there: what ort frees after loading is then reused for them instead of the isolate holding
+ * both (ort's wasm memory never shrinks). Checked once, after ort is initialized (a session exists),
+ * with a small allocation.
+ */
+export function ortHeap(): OrtHeap | null {
+  if (heap === undefined && ortExports && ortMemory) heap = findAllocator(ortExports, ortMemory);
+  return heap ?? null;
+}
+
+function findAllocator(exports: WebAssembly.Exports, memory: WebAssembly.Memory): OrtHeap | null {
+  const names = ALLOCATOR_EXPORTS[ort.env.versions.web ?? ""];
+  const malloc = names && exports[names.malloc], free = names && exports[names.free];
+  if (typeof malloc !== "function" || typeof free !== "function") return null;
+  const p = (malloc as (n: number) => number)(64);
+  if (!(p > 0 && p % 8 === 0 && p + 64 <= memory.buffer.byteLength)) return null;
+  (free as (p: number) => void)(p);
+  return { memory, malloc: malloc as (n: number) => number, free: free as (p: number) => void };
+}
+
 /** Size of ort's wasm linear memory (its high-water mark: wasm memory never shrinks), or 0 before load. */
 export function ortHeapBytes(): number {
   return ortMemory?.buffer.byteLength ?? 0;
@@ -107,6 +141,7 @@ export async function withPrecompiledOrtWasm<T>(create: () => Promise<T>): Promi
     if (memory) exactGrowth(imports, memory);
     return original(ortWasm, imports).then((instance) => {
       ortMemory = memory ?? findMemory({ exports: instance.exports });
+      ortExports = instance.exports;
       return { instance, module: ortWasm };
     });
   }) as typeof WebAssembly.instantiate;
