@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "system tools"
+# The README's examples use curl and jq, and the regression test runs them.
+if ! command -v jq >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q jq >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q jq >/dev/null)
+fi
+
 step "npm packages"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund

@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import type { Context } from "hono";
-import { backendsFor, candidates, listModels, prefillThreshold, startGeneration } from "../backends/dispatch";
+import { backendsFor, listModels, prefillThreshold, route, startGeneration } from "../backends/dispatch";
 import type { StartedGeneration } from "../backends/dispatch";
 import { encodeChatPrompt, readChunk } from "../backends/edge";
 import type { AppEnv } from "../env";
@@ -72,10 +72,16 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
   const lease = session ? await acquireLease(env.SESSIONS, session) : null;
   try {
     const cached = session ? storedPrefix(session, promptIds) : 0;
-    const step = { model: req.model, newPrefillTokens: promptIds.length - cached, threshold: prefillThreshold(env) };
+    const { backends: order, maxTokens } = route(backends, {
+      model: req.model,
+      newPrefillTokens: promptIds.length - cached,
+      threshold: prefillThreshold(env),
+      maxTokens: req.maxTokens,
+      maxTokensGiven: req.maxTokensGiven,
+    });
     let restored: Restored = { restored: [], kept: [], restoredTokens: 0 };
     const gen = await startGeneration(
-      candidates(backends, step),
+      order,
       async (backend) => {
         restored = session
           ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend)
@@ -85,7 +91,7 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
           promptIds,
           restored: restored.restored,
           sampling: {
-            maxTokens: req.maxTokens,
+            maxTokens,
             temperature: req.temperature,
             topP: req.topP,
             seed: req.seed,
