@@ -22,8 +22,16 @@ export default defineConfig({
         bindings: {
           TEST_GPU_BACKEND_URL: process.env.REPRISE_TEST_BACKEND_URL ?? "",
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
+          // The storage route verifies grants with these; a test enables grant minting on the edge by
+          // passing STORAGE_GRANT_ORIGIN (its SELF_ORIGIN) in the env it hands to worker.fetch.
+          STORAGE_GRANTS: "worker",
+          STORAGE_GRANT_SECRET: "test-grant-secret-only-the-edge-holds",
         },
+        // A real HTTP socket into the worker under test, so that the GPU backend (another process) can
+        // call its signed storage route; SELF_ORIGIN tells a test file its URL (a random port per file).
+        unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
         serviceBindings: {
+          SELF_ORIGIN: async (_req: Request, mf: { unsafeGetDirectURL(): Promise<URL> }) => new Response((await mf.unsafeGetDirectURL()).href),
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
             if (!path) return new Response("unknown file", { status: 404 });

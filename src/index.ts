@@ -8,6 +8,7 @@ import { rateLimit } from "./middleware/rate-limit";
 import { chat } from "./routes/chat";
 import { models } from "./routes/models";
 import { sessions } from "./routes/sessions";
+import { storage } from "./routes/storage";
 
 /** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
 function maxBody(): MiddlewareHandler<AppEnv> {
@@ -31,6 +32,8 @@ app.use("/v1/*", auth(), rateLimit(), maxBody());
 app.route("/v1/chat/completions", chat);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
+// Signed object URLs for the GPU backend: the grant in the query authorizes, not an API key.
+app.route("/storage/v1/objects", storage);
 app.notFound(notFound);
 app.onError(onError);
 
