@@ -17,6 +17,9 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 
+step "binding types (worker-configuration.d.ts, generated from wrangler.toml, git-ignored)"
+npx wrangler types >/dev/null
+
 step "python environment (uv, locked)"
 command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 (cd gpu-backend && uv sync --all-extras --frozen -q)
