@@ -1,5 +1,7 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
 
@@ -12,6 +14,22 @@ const EDGE_FILES: Record<string, string> = {
   tokenizer: ".models/hf/tokenizer.json",
 };
 
+// The webhook receiver (test/receiver/server.mjs, started by test/setup/receiver.ts in this Node
+// process) listens on a free port chosen here, because the Worker's settings below must name it:
+// it is the one host the SSRF rules let through (over http), and its DNS-over-HTTPS zone answers
+// the SSRF tests' name lookups.
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+process.env.REPRISE_TEST_RECEIVER_PORT ||= String(await freePort());
+const RECEIVER = `http://127.0.0.1:${process.env.REPRISE_TEST_RECEIVER_PORT}`;
+
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
 // The real GPU backend, when scripts/test_all.sh has started one, reaches the tests as bindings.
 export default defineConfig({
@@ -22,6 +40,14 @@ export default defineConfig({
         bindings: {
           TEST_GPU_BACKEND_URL: process.env.REPRISE_TEST_BACKEND_URL ?? "",
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
+          TEST_RECEIVER_URL: RECEIVER,
+          // Webhooks in compressed time: ten attempts about a second apart instead of over 72 hours,
+          // and a 1.5 s attempt timeout instead of 15 s (the receiver's "timeout" never answers).
+          WEBHOOK_RETRY_SCHEDULE: "0,1,1,1,1,1,1,1,1,1",
+          WEBHOOK_TIMEOUT_MS: "1500",
+          WEBHOOK_ALLOW_HOSTS: RECEIVER.slice("http://".length),
+          WEBHOOK_DNS_URL: `${RECEIVER}/dns-query`,
+          WEBHOOK_SECRETS_KEY: randomBytes(32).toString("base64"),
         },
         serviceBindings: {
           EDGE_FILES: async (request: Request) => {
@@ -40,6 +66,7 @@ export default defineConfig({
   ],
   test: {
     include: ["test/**/*.test.ts", "src/**/*.test.ts"],
+    globalSetup: ["./test/setup/receiver.ts"],
     setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
