@@ -22,6 +22,7 @@ export interface ReceivedRequest {
 
 export interface ReceiverLog {
   requests: ReceivedRequest[];
+  attempts: number;
   unique: number;
   duplicates: number;
   verified: number;
@@ -51,18 +52,18 @@ export async function configure(name: string, cfg: ReceiverConfig): Promise<void
   expect(res.status).toBe(200);
 }
 
-export async function received(name: string): Promise<ReceiverLog> {
-  return (await (await fetch(`${RECEIVER}/_control/${name}`)).json()) as ReceiverLog;
+export async function received(name: string, summary = false): Promise<ReceiverLog> {
+  return (await (await fetch(`${RECEIVER}/_control/${name}${summary ? "?summary=1" : ""}`)).json()) as ReceiverLog;
 }
 
 /** Polls `probe` until it returns a value (not undefined/false) or `timeoutMs` passes. */
-export async function waitFor<T>(probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, what = "condition"): Promise<T> {
+export async function waitFor<T>(probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, what = "condition", everyMs = 100): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
     if (v !== undefined && v !== false) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 
@@ -87,6 +88,7 @@ export interface JobView {
   id: string;
   object: string;
   status: string;
+  runs: number;
   result: { choices: { message: { content: string } }[]; usage: { completion_tokens: number } } | null;
   error: { code: string; message: string } | null;
   reused_result_of: string | null;
@@ -105,6 +107,13 @@ export async function submitJob(key: string, body: object = {}): Promise<JobView
   expect(res.status, await res.clone().text()).toBe(202);
   return (await res.json()) as JobView;
 }
+
+/**
+ * A job that fails at once for a real reason (its prompt and max_tokens overflow the 8192-token
+ * context), so its chat.completion.failed event tests delivery without the cost of a generation.
+ */
+export const submitFailingJob = (key: string) =>
+  submitJob(key, { max_tokens: 4096, messages: [{ role: "user", content: "many words ".repeat(2500) }] });
 
 export async function getJob(key: string, id: string): Promise<JobView> {
   const res = await api(`/v1/jobs/${id}`, { key });

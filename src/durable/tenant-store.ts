@@ -18,6 +18,8 @@ import { first, rows, SCHEMA } from "./tenant/schema";
 
 /** A queue message that has not arrived this long after it was due is taken as lost and sent again. */
 export const SWEEP_GRACE_MS = 5 * 60_000;
+/** How often the alarm sweeps while anything is in flight. */
+const SWEEP_INTERVAL_MS = 60_000;
 /** How long a delivery attempt may hold its claim: the 15 s request timeout plus margin. */
 const DELIVERY_HOLD_MS = 60_000;
 /** Queues take at most 100 messages per sendBatch. */
@@ -25,6 +27,8 @@ const SEND_BATCH = 100;
 
 export class TenantStore extends DurableObject<Bindings> {
   private readonly sql: SqlStorage;
+  /** Set once this instance knows an alarm is armed (the alarm re-arms itself while work remains). */
+  private alarmSet = false;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
@@ -37,12 +41,27 @@ export class TenantStore extends DurableObject<Bindings> {
   async createJob(tenant: string, job: J.NewJob): Promise<J.JobView> {
     this.remember(tenant);
     J.createJob(this.sql, job, Date.now());
-    await this.flush();
+    await this.send({ jobs: [{ id: job.id, delaySeconds: 0 }] });
     return J.jobView(this.sql, job.id)!;
   }
 
-  claimJob(id: string, claimMs: number): J.JobClaim {
-    return J.claimJob(this.sql, id, Date.now(), claimMs);
+  /**
+   * Claims the jobs of one queue batch (one call for all: every call to the object is a round trip
+   * and a write), finishing at once those that an identical job's result answers (src/jobs/memo.ts).
+   */
+  async claimJobs(ids: string[], claimMs: number, memoMaxAgeMs: number): Promise<J.JobClaim[]> {
+    const now = Date.now();
+    const deliver: D.OutboxItem[] = [];
+    const claims = ids.map((id) => {
+      const claim = J.claimJob(this.sql, id, now, claimMs, memoMaxAgeMs);
+      if (!claim.run && "reuse" in claim) {
+        const result = { ...claim.reuse.result, id: "chatcmpl-" + crypto.randomUUID().replaceAll("-", ""), created: Math.floor(now / 1000) };
+        deliver.push(...(this.end(id, { status: "completed", result, reusedFrom: claim.reuse.jobId }, now) ?? []));
+      }
+      return claim;
+    });
+    await this.send({ deliver });
+    return claims;
   }
 
   /** Gives a claimed job back (busy session, no backend) and sends it again after `delaySeconds`. */
@@ -53,28 +72,25 @@ export class TenantStore extends DurableObject<Bindings> {
 
   /** Sends job `id` to the queue after `delaySeconds` (another run holds it: look again then). */
   async sendJob(id: string, delaySeconds: number): Promise<void> {
-    this.sql.exec("UPDATE jobs SET sent_at = ? WHERE id = ?", Date.now(), id);
-    try {
-      await this.env.JOBS.send({ kind: "job", tenant: this.tenant(), jobId: id }, { delaySeconds });
-    } catch (err) {
-      console.warn("queue send failed; the alarm retries", err);
-      this.sql.exec("UPDATE jobs SET sent_at = NULL WHERE id = ?", id);
-      await this.schedule(null);
-    }
+    await this.send({ jobs: [{ id, delaySeconds }] });
   }
 
   /** Ends a job and emits its event; false if it had already ended. */
-  async finishJob(id: string, outcome: J.JobOutcome, memoKey?: string | null): Promise<boolean> {
-    const now = Date.now();
+  async finishJob(id: string, outcome: J.JobOutcome): Promise<boolean> {
+    const out = this.end(id, outcome, Date.now());
+    if (out) await this.send({ deliver: out });
+    return out !== null;
+  }
+
+  /** Ends a job and emits its event; returns the deliveries to send, or null if it had already ended. */
+  private end(id: string, outcome: J.JobOutcome, now: number): D.OutboxItem[] | null {
     const from: J.JobStatus[] = outcome.status === "cancelled" ? ["queued"] : ["queued", "in_progress"];
-    if (!J.finishJob(this.sql, id, outcome, now, from)) return false;
+    if (!J.finishJob(this.sql, id, outcome, now, from)) return null;
+    const { endpointId: only, memoKey } = J.jobRouting(this.sql, id);
     if (memoKey && outcome.status === "completed" && !outcome.reusedFrom) J.memoPut(this.sql, memoKey, id, now);
     const type = `chat.completion.${outcome.status}` as E.EventType;
-    const only = J.jobEndpoint(this.sql, id);
     const targets = only ? (E.getEndpointRow(this.sql, only)?.status === "enabled" ? [only] : []) : E.subscribers(this.sql, type);
-    D.emitEvent(this.sql, type, id, targets, only, now);
-    await this.flush();
-    return true;
+    return D.emitEvent(this.sql, type, id, targets, only, now);
   }
 
   /** Cancels a queued job; otherwise returns its status unchanged (null: no such job). */
@@ -83,10 +99,6 @@ export class TenantStore extends DurableObject<Bindings> {
     if (!job) return null;
     if (job.status === "queued") await this.finishJob(id, { status: "cancelled" });
     return this.getJob(id);
-  }
-
-  memoResult(key: string, maxAgeMs: number) {
-    return J.memoGet(this.sql, key, Date.now(), maxAgeMs);
   }
 
   getJob(id: string) {
@@ -123,9 +135,9 @@ export class TenantStore extends DurableObject<Bindings> {
   async replay(id: string, sel: D.ReplaySelector): Promise<number | null> {
     const e = E.getEndpointRow(this.sql, id);
     if (!e || e.status !== "enabled") return null;
-    const n = D.replay(this.sql, id, JSON.parse(e.events) as string[], sel, Date.now());
-    await this.flush();
-    return n;
+    const out = D.replay(this.sql, id, JSON.parse(e.events) as string[], sel, Date.now());
+    await this.send({ deliver: out });
+    return out.length;
   }
 
   deadLetters(endpointId: string) {
@@ -134,17 +146,24 @@ export class TenantStore extends DurableObject<Bindings> {
 
   // --- deliveries -----------------------------------------------------------------------------
 
-  async claimDelivery(m: DeliveryMessage): Promise<D.DeliveryClaim> {
-    const claim = D.claimDelivery(this.sql, m, Date.now(), DELIVERY_HOLD_MS);
-    if (claim.kind === "early") await this.flush();
-    return claim;
+  /** Claims the attempts of one queue batch (see claimJobs for why in one call). */
+  async claimDeliveries(ms: DeliveryMessage[]): Promise<D.DeliveryClaim[]> {
+    const now = Date.now();
+    const claims = ms.map((m) => D.claimDelivery(this.sql, m, now, DELIVERY_HOLD_MS));
+    await this.send({ deliver: claims.flatMap((c) => (c.kind === "early" ? [c.next] : [])) });
+    return claims;
   }
 
-  async recordAttempt(m: DeliveryMessage, outcome: D.AttemptOutcome): Promise<D.AttemptResult> {
+  /** Records the attempts of one batch and sends what follows each: a retry, a dead letter, or nothing. */
+  async recordAttempts(results: { m: DeliveryMessage; outcome: D.AttemptOutcome }[]): Promise<D.AttemptResult["state"][]> {
     const policy = { schedule: parseSchedule(this.env.WEBHOOK_RETRY_SCHEDULE), jitter: parseJitter(this.env.WEBHOOK_RETRY_JITTER) };
-    const r = D.recordAttempt(this.sql, m, outcome, Date.now(), policy);
-    if (r === "retry" || r === "dead") await this.flush();
-    return r;
+    const now = Date.now();
+    const rs = results.map(({ m, outcome }) => D.recordAttempt(this.sql, m, outcome, now, policy));
+    await this.send({
+      deliver: rs.flatMap((r) => (r.state === "retry" ? [r.next] : [])),
+      dead: rs.flatMap((r) => (r.state === "dead" ? [r.next] : [])),
+    });
+    return rs.map((r) => r.state);
   }
 
   deadLetter(m: DeliveryMessage, reason: string): void {
@@ -183,8 +202,24 @@ export class TenantStore extends DurableObject<Bindings> {
 
   // --- outbox ---------------------------------------------------------------------------------
 
+  /**
+   * The sweep: sends what a failed send or a crash kept from the queue (messages never handed
+   * over, and messages that should have arrived SWEEP_GRACE_MS ago but whose attempt nobody
+   * made), and re-arms itself while anything is still in flight.
+   */
   override async alarm(): Promise<void> {
-    await this.flush();
+    this.alarmSet = false;
+    const now = Date.now();
+    const { deliver, dead } = D.outbox(this.sql, now, SWEEP_GRACE_MS, SEND_BATCH);
+    const jobs = rows<{ id: string }>(
+      this.sql,
+      "SELECT id FROM jobs WHERE status = 'queued' AND (sent_at IS NULL OR sent_at < ?) LIMIT ?",
+      now - SWEEP_GRACE_MS,
+      SEND_BATCH,
+    ).map((j) => ({ id: j.id, delaySeconds: 0 }));
+    await this.send({ deliver, dead, jobs });
+    const busy = D.outboxBusy(this.sql) || first(this.sql, "SELECT 1 FROM jobs WHERE status IN ('queued', 'in_progress') LIMIT 1");
+    if (busy) await this.ctx.storage.setAlarm(now + (deliver.length === SEND_BATCH ? 1_000 : SWEEP_INTERVAL_MS));
   }
 
   private remember(tenant: string): void {
@@ -196,47 +231,35 @@ export class TenantStore extends DurableObject<Bindings> {
   }
 
   /**
-   * Hands every due message to its queue (deliveries with their delay, capped at one 12 h hop;
-   * dead deliveries to the dead-letter queue; unsent jobs), marking each sent first so a
-   * concurrent flush does not send it twice; a failed send is unmarked for the alarm to retry.
+   * Hands messages to their queues after the state they point at is written: deliveries with
+   * their delay (one hop of at most 12 h), dead deliveries to the dead-letter queue, jobs. Each is
+   * marked sent first, so the sweep does not send it again; a failed send is unmarked, and the
+   * alarm (set whenever anything is in flight) sends it later.
    */
-  private async flush(): Promise<void> {
+  private async send(out: { deliver?: D.OutboxItem[]; dead?: D.OutboxItem[]; jobs?: { id: string; delaySeconds: number }[] }): Promise<void> {
     const now = Date.now();
     const tenant = this.tenant();
-    const { deliver, dead } = D.outbox(this.sql, now, SWEEP_GRACE_MS, SEND_BATCH);
-    const jobs = rows<{ id: string }>(
-      this.sql,
-      "SELECT id FROM jobs WHERE status = 'queued' AND (sent_at IS NULL OR sent_at < ?) LIMIT ?",
-      now - SWEEP_GRACE_MS,
-      SEND_BATCH,
-    );
+    const deliver = out.deliver ?? [];
+    const dead = out.dead ?? [];
+    const jobs = out.jobs ?? [];
     D.markSent(this.sql, [...deliver, ...dead], now);
     for (const j of jobs) this.sql.exec("UPDATE jobs SET sent_at = ? WHERE id = ?", now, j.id);
     const msg = (d: D.OutboxItem): DeliveryMessage => ({ kind: "delivery", tenant, eventId: d.eventId, endpointId: d.endpointId, round: d.round, attempt: d.attempt });
     try {
-      if (deliver.length)
+      for (let i = 0; i < deliver.length; i += SEND_BATCH)
         await this.env.DELIVERIES.sendBatch(
-          deliver.map((d) => ({ body: msg(d), delaySeconds: Math.min(MAX_HOP_S, Math.max(0, Math.ceil((d.nextAt - now) / 1000))) })),
+          deliver.slice(i, i + SEND_BATCH).map((d) => ({ body: msg(d), delaySeconds: Math.min(MAX_HOP_S, Math.max(0, Math.ceil((d.nextAt - now) / 1000))) })),
         );
       if (dead.length) await this.env.DEAD_LETTERS.sendBatch(dead.map((d) => ({ body: msg(d) })));
-      if (jobs.length) await this.env.JOBS.sendBatch(jobs.map((j) => ({ body: { kind: "job", tenant, jobId: j.id } satisfies JobMessage })));
+      for (const j of jobs) await this.env.JOBS.send({ kind: "job", tenant, jobId: j.id } satisfies JobMessage, { delaySeconds: j.delaySeconds });
     } catch (err) {
       console.warn("queue send failed; the alarm retries", err);
       for (const d of [...deliver, ...dead]) this.sql.exec("UPDATE deliveries SET sent_at = NULL WHERE event_id = ? AND endpoint_id = ?", d.eventId, d.endpointId);
       for (const j of jobs) this.sql.exec("UPDATE jobs SET sent_at = NULL WHERE id = ?", j.id);
     }
-    const more = deliver.length === SEND_BATCH || dead.length === SEND_BATCH || jobs.length === SEND_BATCH;
-    await this.schedule(more ? now + 1000 : null);
-  }
-
-  /** Keeps an alarm set while anything could still need a (re)send. */
-  private async schedule(soon: number | null): Promise<void> {
-    const unsent = first(this.sql, "SELECT 1 FROM deliveries WHERE state IN ('pending', 'dead') AND sent_at IS NULL LIMIT 1");
-    const sweep = D.nextSweepAt(this.sql, SWEEP_GRACE_MS);
-    const queued = first(this.sql, "SELECT 1 FROM jobs WHERE status = 'queued' AND sent_at IS NULL LIMIT 1") ? "unsent" : first(this.sql, "SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1");
-    const at = soon ?? (unsent || queued === "unsent" ? Date.now() + 10_000 : sweep ?? (queued ? Date.now() + SWEEP_GRACE_MS : null));
-    if (at === null) return;
-    const cur = await this.ctx.storage.getAlarm();
-    if (cur === null || cur > at || cur < Date.now()) await this.ctx.storage.setAlarm(at);
+    if (!this.alarmSet && (deliver.length || dead.length || jobs.length)) {
+      if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(now + SWEEP_INTERVAL_MS);
+      this.alarmSet = true;
+    }
   }
 }

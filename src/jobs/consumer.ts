@@ -3,17 +3,18 @@
  * `POST /v1/chat/completions` (src/turns/), then hands the outcome to the tenant's object, which
  * emits the event and delivers it.
  *
- * Jobs of one batch run one after another (the edge model is CPU-bound, so running them together
- * would only interleave them). A session turn that finds its session busy, and a job that finds
+ * The jobs of a batch run concurrently: most wait on Durable Objects, queues or the GPU backend,
+ * and edge-model steps interleave as concurrent HTTP requests do. A session turn that finds its session busy, and a job that finds
  * no backend, go back to the queue with a delay instead of failing: a session's background turns
  * are never lost, only later.
  */
 import type { Bindings } from "../env";
 import { HttpError } from "../errors";
 import { completeTurn, prepareTurn } from "../turns";
-import { memoKey, MEMO_MAX_AGE_MS } from "./memo";
-import { tenantStore } from "./messages";
+import { MEMO_MAX_AGE_MS } from "./memo";
+import { byTenant, tenantStore } from "./messages";
 import type { JobMessage } from "./messages";
+import type { JobClaim } from "../durable/tenant/jobs";
 
 /** How long one run may hold a job; a consumer that dies is replaced after this. */
 export const JOB_CLAIM_MS = 10 * 60_000;
@@ -23,37 +24,43 @@ export const MAX_JOB_RUNS = 8;
 const MAX_BUSY_RUNS = 200;
 
 export async function runJobBatch(batch: MessageBatch<JobMessage>, env: Bindings): Promise<void> {
-  for (const msg of batch.messages) {
-    try {
-      await runJob(msg.body, env);
-      msg.ack();
-    } catch (err) {
-      console.error("job consumer failed; the queue retries it", msg.body.jobId, err);
-      msg.retry({ delaySeconds: 2 });
-    }
-  }
+  await Promise.all(
+    [...byTenant(batch.messages)].map(async ([tenant, msgs]) => {
+      const store = tenantStore(env, tenant);
+      let claims: JobClaim[];
+      try {
+        claims = await store.claimJobs(msgs.map((m) => m.body.jobId), JOB_CLAIM_MS, MEMO_MAX_AGE_MS);
+      } catch (err) {
+        console.error("job claims failed; the queue retries them", tenant, err);
+        for (const m of msgs) m.retry({ delaySeconds: 2 });
+        return;
+      }
+      await Promise.all(
+        msgs.map(async (msg, i) => {
+          try {
+            await runJob(msg.body, claims[i]!, env);
+            msg.ack();
+          } catch (err) {
+            console.error("job consumer failed; the queue retries it", msg.body.jobId, err);
+            msg.retry({ delaySeconds: 2 });
+          }
+        }),
+      );
+    }),
+  );
 }
 
-async function runJob(m: JobMessage, env: Bindings): Promise<void> {
+async function runJob(m: JobMessage, claim: JobClaim, env: Bindings): Promise<void> {
   const store = tenantStore(env, m.tenant);
-  const claim = await store.claimJob(m.jobId, JOB_CLAIM_MS);
   if (!claim.run) {
     // Another run holds it: look again once its claim lapses (it may have died).
-    if (claim.retryInMs !== undefined) await store.sendJob(m.jobId, delay(claim.retryInMs / 1000 + 1));
-    return;
-  }
-  const req = claim.request;
-  const key = await memoKey(req);
-  const hit = key ? await store.memoResult(key, MEMO_MAX_AGE_MS) : null;
-  if (hit) {
-    const result = { ...hit.result, id: "chatcmpl-" + crypto.randomUUID().replaceAll("-", ""), created: Math.floor(Date.now() / 1000) };
-    await store.finishJob(m.jobId, { status: "completed", result, reusedFrom: hit.jobId });
-    return;
+    if ("retryInMs" in claim && claim.retryInMs !== undefined) await store.sendJob(m.jobId, delay(claim.retryInMs / 1000 + 1));
+    return; // ended, or answered by an identical job's result
   }
   try {
-    const turn = await prepareTurn(env, m.tenant, req);
+    const turn = await prepareTurn(env, m.tenant, claim.request);
     const result = await completeTurn(turn);
-    await store.finishJob(m.jobId, { status: "completed", result }, key);
+    await store.finishJob(m.jobId, { status: "completed", result });
   } catch (err) {
     const busy = err instanceof HttpError && err.code === "session_busy";
     const unavailable = err instanceof HttpError && err.status === 503;

@@ -9,6 +9,7 @@ import type { Bindings } from "../env";
 import { HttpError } from "../errors";
 import type { ChatRequest } from "../schemas";
 import { getSession } from "../sessions/store";
+import { memoKey } from "./memo";
 import { tenantStore } from "./messages";
 
 export interface JobOptions {
@@ -26,9 +27,11 @@ export async function enqueueJob(env: Bindings, tenant: string, req: ChatRequest
     });
   if (req.sessionId) await getSession(env.SESSIONS, req.sessionId, tenant);
   const id = "job_" + randomHex(12);
+  const request = { ...req, stream: false, includeUsage: false, background: true };
   return tenantStore(env, tenant).createJob(tenant, {
     id,
-    request: { ...req, stream: false, includeUsage: false, background: true },
+    request,
+    memoKey: await memoKey(request),
     endpointId: opts.endpointId ?? null,
     hookId: opts.hookId ?? null,
   });

@@ -30,3 +30,10 @@ export type QueueMessage = JobMessage | DeliveryMessage;
 export function tenantStore(env: { TENANTS: DurableObjectNamespace<import("../durable/tenant-store").TenantStore> }, tenant: string) {
   return env.TENANTS.get(env.TENANTS.idFromName(tenant));
 }
+
+/** The messages of a batch grouped by tenant, so each tenant's object is called once per step. */
+export function byTenant<M extends { body: { tenant: string } }>(messages: readonly M[]): Map<string, M[]> {
+  const out = new Map<string, M[]>();
+  for (const m of messages) out.set(m.body.tenant, [...(out.get(m.body.tenant) ?? []), m]);
+  return out;
+}

@@ -87,7 +87,13 @@ inboundHooks.post(
     const id = c.req.param("id");
     const m = HOOK_ID.exec(id);
     if (!m) throw notFound(id);
-    const st = c.env.TENANTS.get(c.env.TENANTS.idFromString(m[1]!));
+    let objectId: DurableObjectId;
+    try {
+      objectId = c.env.TENANTS.idFromString(m[1]!);
+    } catch {
+      throw notFound(id); // not an id this namespace made
+    }
+    const st = c.env.TENANTS.get(objectId);
     const hook = await st.getHookRow(id);
     if (!hook) throw notFound(id);
     const raw = new Uint8Array(await c.req.arrayBuffer());

@@ -7,7 +7,7 @@
  * fails the queue redelivers it and the claim's expiry lets it through again.
  */
 import type { Bindings } from "../env";
-import { tenantStore } from "../jobs/messages";
+import { byTenant, tenantStore } from "../jobs/messages";
 import type { DeliveryMessage, JobMessage } from "../jobs/messages";
 import { attempt, DEFAULT_TIMEOUT_MS } from "./deliver";
 import { openSecret } from "./secrets";
@@ -23,29 +23,36 @@ function settings(env: Bindings) {
   };
 }
 
-/** Delivers a batch: attempts run concurrently (they wait on the network, not the CPU). */
+/**
+ * Delivers a batch: per tenant, one call claims every attempt, the attempts run concurrently (they
+ * wait on the network, not the CPU), and one call records them all.
+ */
 export async function deliverBatch(batch: MessageBatch<DeliveryMessage>, env: Bindings): Promise<void> {
   const opts = settings(env);
   await Promise.all(
-    batch.messages.map(async (msg) => {
+    [...byTenant(batch.messages)].map(async ([tenant, msgs]) => {
       try {
-        await deliverOne(msg.body, env, opts);
-        msg.ack();
+        const store = tenantStore(env, tenant);
+        const claims = await store.claimDeliveries(msgs.map((m) => m.body));
+        const results = await Promise.all(
+          msgs.map(async (msg, i) => {
+            const claim = claims[i]!;
+            if (claim.kind !== "go") return null;
+            const secrets = await Promise.all(claim.secrets.map((s) => openSecret(env.WEBHOOK_SECRETS_KEY, claim.endpointId, s)));
+            const outcome = await attempt({ url: claim.url, secrets, msgId: claim.eventId, payload: claim.payload }, opts);
+            return { m: msg.body, outcome };
+          }),
+        );
+        const made = results.filter((r) => r !== null);
+        if (made.length) await store.recordAttempts(made);
+        for (const m of msgs) m.ack();
       } catch (err) {
-        console.error("delivery failed to run; the queue retries it", msg.body.eventId, err);
-        msg.retry({ delaySeconds: 1 });
+        // Claimed attempts stay held until their hold lapses; the queue's redelivery or the sweep makes them then.
+        console.error("deliveries failed to run; the queue retries them", tenant, err);
+        for (const m of msgs) m.retry({ delaySeconds: 5 });
       }
     }),
   );
-}
-
-async function deliverOne(m: DeliveryMessage, env: Bindings, opts: ReturnType<typeof settings>): Promise<void> {
-  const store = tenantStore(env, m.tenant);
-  const claim = await store.claimDelivery(m);
-  if (claim.kind !== "go") return;
-  const secrets = await Promise.all(claim.secrets.map((s) => openSecret(env.WEBHOOK_SECRETS_KEY, m.endpointId, s)));
-  const outcome = await attempt({ url: claim.url, secrets, msgId: claim.eventId, payload: claim.payload }, opts);
-  await store.recordAttempt(m, outcome);
 }
 
 /**

@@ -76,9 +76,14 @@ export async function attempt(req: AttemptRequest, opts: AttemptOptions): Promis
       target = new URL(location, verdict.url).href;
       continue;
     }
+    // The status decides; a body that is slow or cut short is only noted (a 2xx is delivered).
     const read = await drain(res, signal);
-    if (read === "timeout") return done(null, `timeout after ${opts.timeoutMs} ms (reading the response)`);
-    const error = res.status >= 300 && res.status < 400 ? `redirect to ${location ?? "(no location)"} not followed` : null;
+    const error =
+      res.status >= 300 && res.status < 400
+        ? `redirect to ${location ?? "(no location)"} not followed`
+        : read === "timeout"
+          ? `timeout after ${opts.timeoutMs} ms reading the response body`
+          : null;
     return done(res.status, error, retryAfterMs(res.status, res.headers.get("retry-after")));
   }
 }

@@ -6,7 +6,7 @@
 //
 //   POST /r/<name>             a receiver; behaviour set by PUT /_control/<name>
 //   PUT  /_control/<name>      {secrets: [whsec_…], mode, failFirst, status, retryAfter, random, redirectTo, seed}
-//   GET  /_control/<name>      {requests: [...], unique, duplicates, verified, unverified}
+//   GET  /_control/<name>      {requests: [...], attempts, unique, duplicates, verified, unverified} (?summary=1: no requests)
 //   GET  /dns-query?name=&type=A|AAAA
 //
 // Run alone: node test/receiver/server.mjs --port 8812
@@ -77,7 +77,9 @@ export function startReceiver(port = 0, host = "127.0.0.1") {
       }
       const unique = r.seen.size;
       return json(res, 200, {
-        requests: r.requests,
+        // ?summary=1: counts only (cheap to poll while a soak runs)
+        requests: url.searchParams.has("summary") ? [] : r.requests,
+        attempts: r.requests.length,
         unique,
         duplicates: r.requests.filter((q) => q.accepted).length - unique,
         verified: r.requests.filter((q) => q.verified).length,

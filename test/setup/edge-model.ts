@@ -22,10 +22,24 @@ async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<
   await env.BLOBS.put(key, await res.arrayBuffer());
 }
 
+// The 107 MB transfer through the service binding sometimes fails with "Network connection lost"
+// on a loaded machine; a few tries make that a delay instead of a failed test file.
+async function seedWithRetries(key: string, file: "model" | "data" | "tokenizer"): Promise<void> {
+  for (let i = 1; ; i++) {
+    try {
+      return await seed(key, file);
+    } catch (err) {
+      if (i >= 4) throw err;
+      console.warn(`edge model ${file}: try ${i} failed (${err}); retrying`);
+      await new Promise((r) => setTimeout(r, 500 * i));
+    }
+  }
+}
+
 try {
-  await seed(env.EDGE_MODEL_KEY, "model");
-  await seed(modelDataKey(env.EDGE_MODEL_KEY), "data");
-  await seed(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
+  await seedWithRetries(env.EDGE_MODEL_KEY, "model");
+  await seedWithRetries(modelDataKey(env.EDGE_MODEL_KEY), "data");
+  await seedWithRetries(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
 } catch (err) {
   console.warn("edge model not seeded:", err);
 }

@@ -29,32 +29,29 @@ interface DeliveryRow {
   delivered_at: number | null;
 }
 
-/** Inserts an event and a pending delivery for each endpoint; the caller flushes the outbox. */
-export function emitEvent(sql: SqlStorage, type: EventType, jobId: string, endpointIds: string[], onlyEndpoint: string | null, now: number): string {
+/** Inserts an event and a pending delivery for each endpoint; returns the messages to send. */
+export function emitEvent(sql: SqlStorage, type: EventType, jobId: string, endpointIds: string[], onlyEndpoint: string | null, now: number): OutboxItem[] {
   const id = "evt_" + randomHex(12);
   const payload = JSON.stringify({ id, object: "event", type, created_at: Math.floor(now / 1000), data: { id: jobId } });
   sql.exec("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", id, type, jobId, onlyEndpoint, payload, now);
   for (const ep of endpointIds)
     sql.exec("INSERT INTO deliveries (event_id, endpoint_id, round, attempt, state, next_at, created_at) VALUES (?, ?, 0, 0, 'pending', ?, ?)", id, ep, now, now);
-  return id;
+  return endpointIds.map((endpointId) => ({ eventId: id, endpointId, round: 0, attempt: 0, nextAt: now }));
 }
 
 export type DeliveryClaim =
   | { kind: "go"; url: string; secrets: string[]; payload: string; eventId: string; endpointId: string }
   /** Stale or duplicate message, or the delivery is in other hands: acknowledge and forget it. */
   | { kind: "drop" }
-  /** Not due yet (a long wait chained over hops): the outbox sends the next hop. */
-  | { kind: "early" };
+  /** Not due yet (a long wait chained over hops): send this message on. */
+  | { kind: "early"; next: OutboxItem };
 
 /** Hands out attempt (round, attempt) once, for `holdMs`; a lapsed hold (crashed consumer) can be claimed again. */
 export function claimDelivery(sql: SqlStorage, m: Key, now: number, holdMs: number): DeliveryClaim {
   const d = first<DeliveryRow>(sql, "SELECT * FROM deliveries WHERE event_id = ? AND endpoint_id = ?", m.eventId, m.endpointId);
   if (!d || d.state !== "pending" || d.round !== m.round || d.attempt !== m.attempt || d.claimed_until > now) return { kind: "drop" };
   // Queues round delays to whole seconds; anything due within a second counts as due.
-  if (d.next_at > now + 1000) {
-    sql.exec("UPDATE deliveries SET sent_at = NULL WHERE event_id = ? AND endpoint_id = ?", m.eventId, m.endpointId);
-    return { kind: "early" };
-  }
+  if (d.next_at > now + 1000) return { kind: "early", next: { ...key(m), nextAt: d.next_at } };
   const e = getEndpointRow(sql, m.endpointId);
   const ev = first<{ payload: string }>(sql, "SELECT payload FROM events WHERE id = ?", m.eventId);
   if (!e || e.status !== "enabled" || !ev) {
@@ -84,12 +81,17 @@ export interface RetryPolicy {
   jitter: number;
 }
 
-export type AttemptResult = "delivered" | "retry" | "dead" | "disabled" | "stale";
+export type AttemptResult =
+  | { state: "delivered" | "disabled" | "stale" }
+  /** Send `next` (the next attempt, to DELIVERIES) or the dead delivery (to DEAD_LETTERS). */
+  | { state: "retry" | "dead"; next: OutboxItem };
+
+const key = (m: Key): Key => ({ eventId: m.eventId, endpointId: m.endpointId, round: m.round, attempt: m.attempt });
 
 /** Records an attempt and decides the next step. */
 export function recordAttempt(sql: SqlStorage, m: Key, o: AttemptOutcome, now: number, policy: RetryPolicy): AttemptResult {
   const d = first<DeliveryRow>(sql, "SELECT * FROM deliveries WHERE event_id = ? AND endpoint_id = ?", m.eventId, m.endpointId);
-  if (!d || d.state !== "pending" || d.round !== m.round || d.attempt !== m.attempt) return "stale";
+  if (!d || d.state !== "pending" || d.round !== m.round || d.attempt !== m.attempt) return { state: "stale" };
   const v = verdict(o.status);
   const delay = v === "retry" ? retryDelayMs(policy.schedule, policy.jitter, m.attempt + 1) : null;
   const nextAt = delay === null ? null : now + Math.max(delay, o.retryAfterMs ?? 0);
@@ -108,22 +110,23 @@ export function recordAttempt(sql: SqlStorage, m: Key, o: AttemptOutcome, now: n
   const where = [m.eventId, m.endpointId] as const;
   if (v === "delivered") {
     sql.exec("UPDATE deliveries SET state = 'delivered', delivered_at = ?, claimed_until = 0 WHERE event_id = ? AND endpoint_id = ?", now, ...where);
-    return "delivered";
+    return { state: "delivered" };
   }
   if (v === "disable") {
     disableEndpoint(sql, m.endpointId, `the receiver answered 410 Gone at ${new Date(now).toISOString()}`);
-    return "disabled";
+    return { state: "disabled" };
   }
+  const next = { ...key(m), attempt: m.attempt + 1, nextAt: nextAt ?? now };
   if (nextAt === null) {
     sql.exec("UPDATE deliveries SET state = 'dead', attempt = attempt + 1, sent_at = NULL, claimed_until = 0 WHERE event_id = ? AND endpoint_id = ?", ...where);
-    return "dead";
+    return { state: "dead", next };
   }
   sql.exec(
     "UPDATE deliveries SET attempt = attempt + 1, next_at = ?, sent_at = NULL, claimed_until = 0 WHERE event_id = ? AND endpoint_id = ?",
     nextAt,
     ...where,
   );
-  return "retry";
+  return { state: "retry", next };
 }
 
 export interface OutboxItem extends Key {
@@ -153,10 +156,9 @@ export function markSent(sql: SqlStorage, items: Key[], now: number): void {
   for (const k of items) sql.exec("UPDATE deliveries SET sent_at = ? WHERE event_id = ? AND endpoint_id = ? AND round = ?", now, k.eventId, k.endpointId, k.round);
 }
 
-/** The earliest time the outbox may have work: a lost message is looked for `graceMs` after it was due. */
-export function nextSweepAt(sql: SqlStorage, graceMs: number): number | null {
-  const r = first<{ t: number | null }>(sql, "SELECT min(max(next_at, coalesce(sent_at, 0))) AS t FROM deliveries WHERE state = 'pending'");
-  return r?.t == null ? null : r.t + graceMs;
+/** True while some delivery may still need a message (pending, or dead and not yet dead-lettered). */
+export function outboxBusy(sql: SqlStorage): boolean {
+  return first(sql, "SELECT 1 FROM deliveries WHERE state = 'pending' OR (state = 'dead' AND sent_at IS NULL) LIMIT 1") !== null;
 }
 
 /** Records a delivery that reached the dead-letter queue (after its last try, or a consumer that kept crashing). */
@@ -173,8 +175,8 @@ export function deadLetter(sql: SqlStorage, m: Key, reason: string, now: number)
 
 export type ReplaySelector = { eventId: string } | { since: number; until: number };
 
-/** Starts a new round for each selected event of the endpoint's types; returns how many. */
-export function replay(sql: SqlStorage, endpointId: string, types: string[], sel: ReplaySelector, now: number): number {
+/** Starts a new round for each selected event of the endpoint's types; returns the messages to send. */
+export function replay(sql: SqlStorage, endpointId: string, types: string[], sel: ReplaySelector, now: number): OutboxItem[] {
   const events =
     "eventId" in sel
       ? rows<{ id: string; type: string }>(sql, "SELECT id, type FROM events WHERE id = ? AND (endpoint_id IS NULL OR endpoint_id = ?)", sel.eventId, endpointId)
@@ -185,20 +187,21 @@ export function replay(sql: SqlStorage, endpointId: string, types: string[], sel
           sel.until,
           endpointId,
         );
-  let n = 0;
+  const out: OutboxItem[] = [];
   for (const ev of events) {
     if (!types.includes(ev.type)) continue;
-    sql.exec(
+    const row = sql.exec(
       `INSERT INTO deliveries (event_id, endpoint_id, round, attempt, state, next_at, created_at) VALUES (?1, ?2, 0, 0, 'pending', ?3, ?3)
        ON CONFLICT (event_id, endpoint_id) DO UPDATE SET round = round + 1, attempt = 0, state = 'pending', next_at = ?3, sent_at = NULL,
-         claimed_until = 0, delivered_at = NULL`,
+         claimed_until = 0, delivered_at = NULL
+       RETURNING round`,
       ev.id,
       endpointId,
       now,
-    );
-    n++;
+    ).one() as { round: number };
+    out.push({ eventId: ev.id, endpointId, round: row.round, attempt: 0, nextAt: now });
   }
-  return n;
+  return out;
 }
 
 /** The deliveries of a job's events with every attempt, for `GET /v1/jobs/:id`. */

@@ -18,6 +18,7 @@ interface JobRow {
   id: string;
   status: JobStatus;
   request: string;
+  memo_key: string | null;
   endpoint_id: string | null;
   hook_id: string | null;
   result: string | null;
@@ -33,6 +34,8 @@ interface JobRow {
 export interface NewJob {
   id: string;
   request: ChatRequest;
+  /** src/jobs/memo.ts: set for deterministic requests, whose result an identical later job may reuse. */
+  memoKey?: string | null;
   /** Deliver this job's events only to this endpoint (an inbound hook's); null: every subscribed endpoint. */
   endpointId?: string | null;
   hookId?: string | null;
@@ -40,26 +43,34 @@ export interface NewJob {
 
 export type JobClaim =
   | { run: true; request: ChatRequest; runs: number; endpointId: string | null }
+  /** A deterministic job that an identical completed job answers: finish it with `result`. */
+  | { run: false; reuse: { jobId: string; result: ChatCompletion } }
   /** Nothing to do now; `retryInMs` when another run holds the job (look again after its claim). */
   | { run: false; status: JobStatus; retryInMs?: number };
 
 export function createJob(sql: SqlStorage, job: NewJob, now: number): void {
   sql.exec(
-    "INSERT INTO jobs (id, status, request, endpoint_id, hook_id, created_at) VALUES (?, 'queued', ?, ?, ?, ?)",
+    "INSERT INTO jobs (id, status, request, memo_key, endpoint_id, hook_id, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
     job.id,
     JSON.stringify(job.request),
+    job.memoKey ?? null,
     job.endpointId ?? null,
     job.hookId ?? null,
     now,
   );
 }
 
-/** Moves a queued job (or one whose run's claim has lapsed) to in_progress for `claimMs`. */
-export function claimJob(sql: SqlStorage, id: string, now: number, claimMs: number): JobClaim {
+/**
+ * Moves a queued job (or one whose run's claim has lapsed) to in_progress for `claimMs`, unless an
+ * identical deterministic job completed within `memoMaxAgeMs` (then its result is the answer).
+ */
+export function claimJob(sql: SqlStorage, id: string, now: number, claimMs: number, memoMaxAgeMs: number): JobClaim {
   const job = first<JobRow>(sql, "SELECT * FROM jobs WHERE id = ?", id);
   if (!job) return { run: false, status: "failed" };
   if (TERMINAL.includes(job.status)) return { run: false, status: job.status };
   if (job.status === "in_progress" && job.claimed_until > now) return { run: false, status: job.status, retryInMs: job.claimed_until - now };
+  const reuse = job.memo_key ? memoGet(sql, job.memo_key, now, memoMaxAgeMs) : null;
+  if (reuse) return { run: false, reuse };
   sql.exec(
     "UPDATE jobs SET status = 'in_progress', runs = runs + 1, claimed_until = ?, started_at = coalesce(started_at, ?) WHERE id = ?",
     now + claimMs,
@@ -95,12 +106,13 @@ export function finishJob(sql: SqlStorage, id: string, outcome: JobOutcome, now:
   return true;
 }
 
-export function jobEndpoint(sql: SqlStorage, id: string): string | null {
-  return first<{ endpoint_id: string | null }>(sql, "SELECT endpoint_id FROM jobs WHERE id = ?", id)?.endpoint_id ?? null;
+export function jobRouting(sql: SqlStorage, id: string): { endpointId: string | null; memoKey: string | null } {
+  const j = first<{ endpoint_id: string | null; memo_key: string | null }>(sql, "SELECT endpoint_id, memo_key FROM jobs WHERE id = ?", id);
+  return { endpointId: j?.endpoint_id ?? null, memoKey: j?.memo_key ?? null };
 }
 
 /** The completed job whose result a request with memo `key` may reuse, if one finished within `maxAgeMs`. */
-export function memoGet(sql: SqlStorage, key: string, now: number, maxAgeMs: number): { jobId: string; result: ChatCompletion } | null {
+function memoGet(sql: SqlStorage, key: string, now: number, maxAgeMs: number): { jobId: string; result: ChatCompletion } | null {
   const hit = first<{ job_id: string; result: string | null }>(
     sql,
     "SELECT memo.job_id, jobs.result FROM memo JOIN jobs ON jobs.id = memo.job_id WHERE memo.key = ? AND memo.created_at > ? AND jobs.status = 'completed'",

@@ -17,10 +17,11 @@
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS jobs (
-  id TEXT PRIMARY KEY, status TEXT NOT NULL, request TEXT NOT NULL, endpoint_id TEXT, hook_id TEXT,
+  id TEXT PRIMARY KEY, status TEXT NOT NULL, request TEXT NOT NULL, memo_key TEXT, endpoint_id TEXT, hook_id TEXT,
   result TEXT, error TEXT, reused_from TEXT, runs INTEGER NOT NULL DEFAULT 0, claimed_until INTEGER NOT NULL DEFAULT 0,
   sent_at INTEGER, created_at INTEGER NOT NULL, started_at INTEGER, completed_at INTEGER);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, sent_at);
 CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (
   id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, description TEXT,
