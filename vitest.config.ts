@@ -1,5 +1,7 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { randomBytes } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
+import { createServer } from "node:net";
 import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
 
@@ -11,6 +13,22 @@ const EDGE_FILES: Record<string, string> = {
   data: `.models/onnx/${basename(EDGE_MODEL_KEY)}.data`,
   tokenizer: ".models/hf/tokenizer.json",
 };
+
+// The webhook receiver (test/receiver/server.mjs, started by test/setup/receiver.ts in this Node
+// process) listens on a free port chosen here, because the Worker's settings below must name it:
+// it is the one host the SSRF rules let through (over http), and its DNS-over-HTTPS zone answers
+// the SSRF tests' name lookups.
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+process.env.REPRISE_TEST_RECEIVER_PORT ||= String(await freePort());
+const RECEIVER = `http://127.0.0.1:${process.env.REPRISE_TEST_RECEIVER_PORT}`;
 
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
 // The real GPU backend, when scripts/test_all.sh has started one, reaches the tests as bindings.
@@ -26,6 +44,15 @@ export default defineConfig({
           // passing STORAGE_GRANT_ORIGIN (its SELF_ORIGIN) in the env it hands to worker.fetch.
           STORAGE_GRANTS: "worker",
           STORAGE_GRANT_SECRET: "test-grant-secret-only-the-edge-holds",
+          TEST_RECEIVER_URL: RECEIVER,
+          TEST_SOAK_JOBS: process.env.REPRISE_TEST_SOAK_JOBS ?? "1000",
+          // Webhooks in compressed time: ten attempts about a second apart instead of over 72 hours,
+          // and a 1.5 s attempt timeout instead of 15 s (the receiver's "timeout" never answers).
+          WEBHOOK_RETRY_SCHEDULE: "0,1,1,1,1,1,1,1,1,1",
+          WEBHOOK_TIMEOUT_MS: "1500",
+          WEBHOOK_ALLOW_HOSTS: RECEIVER.slice("http://".length),
+          WEBHOOK_DNS_URL: `${RECEIVER}/dns-query`,
+          WEBHOOK_SECRETS_KEY: randomBytes(32).toString("base64"),
         },
         // A real HTTP socket into the worker under test, so that the GPU backend (another process) can
         // call its signed storage route; SELF_ORIGIN tells a test file its URL (a random port per file).
@@ -50,10 +77,19 @@ export default defineConfig({
     }),
   ],
   test: {
-    include: ["test/**/*.test.ts", "src/**/*.test.ts"],
-    exclude: ["test/server/**", "**/node_modules/**"], // the real-server tests run from Node: test/server/vitest.config.ts
-    setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
+    globalSetup: ["./test/setup/receiver.ts"],
+    // The real-server tests (test/server/) run from Node with their own config.
+    exclude: ["test/server/**", "**/node_modules/**"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
+    // Unit tests beside their modules (src/) never run the edge model, so they skip its ~5 s
+    // (far more on a loaded machine) per-file copy of 107 MB into R2.
+    projects: [
+      { extends: true, test: { name: "unit", include: ["src/**/*.test.ts"], setupFiles: ["./test/setup/keys.ts"] } },
+      {
+        extends: true,
+        test: { name: "worker", include: ["test/**/*.test.ts"], setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"] },
+      },
+    ],
   },
 });

@@ -5,9 +5,14 @@
 # REPRISE_GPU_PREFILL_THRESHOLD=0 sends every step there (default: prompts over 512 new tokens).
 # REPRISE_PORT (default 8787) and REPRISE_INSPECTOR_PORT (default 9229) move the server, e.g. for the
 # regression test (test/server/) beside a running `make serve`.
+# REPRISE_WEBHOOK_ALLOW_HOSTS=127.0.0.1:9000 lets webhooks reach a local receiver (docs/webhooks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vars=()
+# The key that encrypts webhook secrets at rest (a Worker secret in production): one per checkout.
+mkdir -p .state
+[ -f .state/webhook-secrets-key ] || head -c 32 /dev/urandom | base64 > .state/webhook-secrets-key
+vars+=(--var "WEBHOOK_SECRETS_KEY:$(cat .state/webhook-secrets-key)")
 if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
   secret_file=.state/backend-secret
   [ -f "$secret_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file"
@@ -15,10 +20,13 @@ if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
     --port 8600 --secret-file "$secret_file" --tokenizer .models/hf/tokenizer.json \
     --kv-codec "${REPRISE_KV_CODEC:-raw}" &
   trap 'kill $! 2>/dev/null' EXIT
-  vars=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
+  vars+=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
   if [ -n "${REPRISE_GPU_PREFILL_THRESHOLD:-}" ]; then
     vars+=(--var "GPU_PREFILL_THRESHOLD:$REPRISE_GPU_PREFILL_THRESHOLD")
   fi
+fi
+if [ -n "${REPRISE_WEBHOOK_ALLOW_HOSTS:-}" ]; then
+  vars+=(--var "WEBHOOK_ALLOW_HOSTS:$REPRISE_WEBHOOK_ALLOW_HOSTS")
 fi
 echo "API key: $(cat .state/local-api-key 2>/dev/null || echo 'run node scripts/create_key.mjs')"
 npx wrangler dev --persist-to .state --ip 127.0.0.1 --port "${REPRISE_PORT:-8787}" \

@@ -6,9 +6,25 @@
  * plain strings, and the one secret (`GPU_BACKEND_SECRET`, set with `wrangler secret put` or
  * `--var`, never in wrangler.toml) is added.
  */
+import type { RateCounter } from "./durable/rate-counter";
+import type { SessionLease } from "./durable/session-lease";
+import type { TenantStore } from "./durable/tenant-store";
+import type { DeliveryMessage, JobMessage } from "./jobs/messages";
+
 export type Bindings = Omit<
   Env,
-  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES" | "EDGE_STEP_BUDGET_MS"
+  | "GPU_BACKEND_URL"
+  | "EDGE_MODEL_KEY"
+  | "RATE_LIMIT_PER_MINUTE"
+  | "MAX_BODY_BYTES"
+  | "SESSION_LEASES"
+  | "RATE_COUNTERS"
+  | "TENANTS"
+  | "JOBS"
+  | "DELIVERIES"
+  | "DEAD_LETTERS"
+  | "EDGE_STEP_BUDGET_MS"
+  | `WEBHOOK_${string}`
 > & {
   /** Base URL of the GPU backend; empty means every step runs on the edge model. */
   GPU_BACKEND_URL: string;
@@ -39,7 +55,34 @@ export type Bindings = Omit<
   R2_S3_BUCKET?: string;
   R2_ACCESS_KEY_ID?: string;
   R2_SECRET_ACCESS_KEY?: string;
-};
+  /** One SessionLease Durable Object per session id: the turn lease and the committed revision. */
+  SESSION_LEASES: DurableObjectNamespace<SessionLease>;
+  /** One RateCounter Durable Object per API key hash. */
+  RATE_COUNTERS: DurableObjectNamespace<RateCounter>;
+  /** One TenantStore Durable Object per tenant: jobs, webhook endpoints, events, deliveries, hooks. */
+  TENANTS: DurableObjectNamespace<TenantStore>;
+  JOBS: Queue<JobMessage>;
+  DELIVERIES: Queue<DeliveryMessage>;
+  DEAD_LETTERS: Queue<DeliveryMessage | JobMessage>;
+} & WebhookVars;
+
+/** Webhook settings (wrangler.toml [vars], docs/webhooks.md) and the secret that encrypts webhook secrets. */
+export interface WebhookVars {
+  /** Seconds before each delivery attempt, comma-separated; its length is the number of attempts. */
+  WEBHOOK_RETRY_SCHEDULE?: string;
+  /** Jitter as a fraction of each delay (0.2: ±20%). */
+  WEBHOOK_RETRY_JITTER?: string;
+  /** Time allowed for one attempt, response headers and body, in ms (default 15000). */
+  WEBHOOK_TIMEOUT_MS?: string;
+  /** `host` or `host:port` entries exempt from the SSRF address rules and allowed over http. */
+  WEBHOOK_ALLOW_HOSTS?: string;
+  /** Redirects a delivery follows, each target checked again (default 0: a 3xx is a failed attempt). */
+  WEBHOOK_MAX_REDIRECTS?: string;
+  /** DNS-over-HTTPS JSON resolver that outbound hostnames are resolved with before each attempt. */
+  WEBHOOK_DNS_URL?: string;
+  /** Key (any string of >= 32 characters; a Worker secret) from which the key that encrypts webhook secrets at rest is derived. */
+  WEBHOOK_SECRETS_KEY?: string;
+}
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */
 export interface ApiKeyRecord {

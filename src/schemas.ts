@@ -30,6 +30,8 @@ export const chatRequestSchema = z
     stream: z.boolean().nullish(),
     stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullish(),
     n: z.literal(1).nullish(),
+    /** Run later from a queue; answer 202 with a job (also `Prefer: respond-async`). */
+    background: z.boolean().nullish(),
     user: z.string().max(256).optional(),
     session_id: z
       .string()
@@ -37,6 +39,8 @@ export const chatRequestSchema = z
       .optional(),
   })
   .superRefine((r, ctx) => {
+    if (r.background === true && r.stream === true)
+      ctx.addIssue({ code: "custom", path: ["stream"], message: "a background request cannot stream; fetch the job's result" });
     if (r.stream_options != null && r.stream !== true)
       ctx.addIssue({
         code: "custom",
@@ -62,6 +66,7 @@ export interface ChatRequest {
   stream: boolean;
   includeUsage: boolean;
   sessionId?: string;
+  background: boolean;
 }
 
 /**
@@ -94,6 +99,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
     stream: b.stream ?? false,
     includeUsage: b.stream_options?.include_usage ?? false,
     sessionId: b.session_id,
+    background: b.background ?? false,
   };
 }
 
@@ -131,4 +137,17 @@ export function parseJson(text: string): unknown {
       code: "invalid_json",
     });
   }
+}
+
+/**
+ * A JSON body (an object) validated by `schema`; an empty body counts as `{}`. Bad JSON, a
+ * non-object or a bad field is a 400 naming the field, as for chat requests.
+ */
+export function parseBody<T>(schema: z.ZodType<T>, text: string): T {
+  const body = text.trim() === "" ? {} : parseJson(text);
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    throw new HttpError(400, { message: "The request body must be a JSON object.", code: "invalid_request" });
+  const r = schema.safeParse(body);
+  if (!r.success) throw zodToHttpError(r.error);
+  return r.data;
 }

@@ -1,6 +1,7 @@
 import { Hono } from "hono";
 import type { Context } from "hono";
 import type { AppEnv } from "../env";
+import { enqueueJob, prefersAsync } from "../jobs/create";
 import { HttpError } from "../errors";
 import { parseChatRequest, parseJson } from "../schemas";
 import { completeTurn, prepareTurn, runTurn, systemFingerprint } from "../turns";
@@ -11,6 +12,11 @@ export const chat = new Hono<AppEnv>();
 
 chat.post("/", async (c) => {
   const req = parseChatRequest(parseJson(await c.req.text()));
+  if (req.background || prefersAsync(c.req.header("prefer"))) {
+    if (req.stream) throw new HttpError(400, { message: "A background request cannot stream.", param: "stream", code: "invalid_value" });
+    const job = await enqueueJob(c.env, c.var.apiKey.tenant, req);
+    return c.json(job, 202, { location: `/v1/jobs/${job.id}`, "preference-applied": "respond-async" });
+  }
   const turn = await prepareTurn(c.env, c.var.apiKey.tenant, req, c.req.raw.signal);
   return req.stream ? streamTurn(c, turn) : c.json(await completeTurn(turn));
 });

@@ -45,7 +45,7 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       param: "messages",
       code: "context_length_exceeded",
     });
-  const lease = session ? await acquireLease(env.SESSIONS, session) : null;
+  const lease = session ? await acquireLease(env, session) : null;
   try {
     const cached = session ? storedPrefix(session, promptIds) : 0;
     const { backends: order, maxTokens } = route(backends, {
@@ -88,7 +88,7 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       env,
     };
   } catch (err) {
-    if (session && lease) await releaseLease(env.SESSIONS, session.id, lease);
+    if (session && lease) await releaseLease(env, session.id, lease);
     throw err;
   }
 }

@@ -4,7 +4,7 @@
  */
 import { readChunk } from "../backends/edge";
 import { sha256Hex } from "../crypto";
-import { commitTurn, releaseLease } from "../sessions/store";
+import { commitTurn, releaseLease, renewLease, sessionBusy } from "../sessions/store";
 import type { ChunkRef, NewChunk } from "../sessions/store";
 import type { Turn, TurnResult } from "./types";
 
@@ -14,6 +14,7 @@ export async function runTurn(turn: Turn, onText: (text: string) => Promise<void
   let text = "";
   let newChunk: Uint8Array | null = null;
   let done: { finishReason: "stop" | "length"; cachedTokens: number } | null = null;
+  let committed: number | undefined;
   try {
     for await (const ev of turn.gen.events) {
       if (ev.type === "token") {
@@ -24,9 +25,9 @@ export async function runTurn(turn: Turn, onText: (text: string) => Promise<void
       else if (ev.type === "done") done = { finishReason: ev.finishReason, cachedTokens: ev.cachedTokens };
     }
     if (!done) throw new Error(`backend ${turn.gen.backend.name} ended without a done event`);
-    if (turn.session && turn.lease) await commit(turn, ids, text, newChunk);
+    if (turn.session && turn.lease) committed = await commit(turn, ids, text, newChunk);
   } finally {
-    if (turn.session && turn.lease) await releaseLease(turn.env.SESSIONS, turn.session.id, turn.lease);
+    if (turn.session && turn.lease) await releaseLease(turn.env, turn.session.id, turn.lease, committed);
   }
   const prompt = turn.promptIds.length;
   return {
@@ -41,8 +42,11 @@ export async function runTurn(turn: Turn, onText: (text: string) => Promise<void
   };
 }
 
-async function commit(turn: Turn, ids: number[], text: string, bytes: Uint8Array | null): Promise<void> {
+/** Writes the turn to the session; returns the revision it committed. */
+async function commit(turn: Turn, ids: number[], text: string, bytes: Uint8Array | null): Promise<number> {
   const rec = turn.session!;
+  // A turn that outlived its lease may have been overtaken: it must not write.
+  if (!(await renewLease(turn.env, rec.id, turn.lease!))) throw sessionBusy(rec.id);
   const tokenIds = [...turn.promptIds, ...ids];
   let chunks: ChunkRef[] = turn.restored.kept;
   let chunk: NewChunk | null = null;
@@ -62,7 +66,7 @@ async function commit(turn: Turn, ids: number[], text: string, bytes: Uint8Array
       };
     }
   } else if (bytes) console.warn("backend returned an unusable KV chunk; the next turn recomputes", turn.gen.backend.name);
-  await commitTurn(
+  const after = await commitTurn(
     turn.env.SESSIONS,
     turn.env.BLOBS,
     turn.lease!,
@@ -78,4 +82,5 @@ async function commit(turn: Turn, ids: number[], text: string, bytes: Uint8Array
     },
     chunk,
   );
+  return after.revision;
 }

@@ -10,13 +10,8 @@ import { tokenizerKey } from "../../src/edge-model/tokenizer";
 
 const files = env as unknown as { EDGE_FILES: Fetcher };
 
-/**
- * EDGE_FILES.fetch, tried twice: the binding's first request after a 100 MB body sometimes fails
- * with "Network connection lost" (seen with vitest-pool-workers 0.15.1), and a second one succeeds.
- */
 async function edgeFile(file: string, method: "GET" | "HEAD"): Promise<Response> {
-  const url = `http://edge-files/${file}`;
-  const res = await files.EDGE_FILES.fetch(url, { method }).catch(() => files.EDGE_FILES.fetch(url, { method }));
+  const res = await files.EDGE_FILES.fetch(`http://edge-files/${file}`, { method });
   if (!res.ok) throw new Error(`EDGE_FILES ${file}: ${res.status} ${await res.text()}`);
   return res;
 }
@@ -29,10 +24,25 @@ async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<
   await env.BLOBS.put(key, await (await edgeFile(file, "GET")).arrayBuffer());
 }
 
+// The service binding sometimes fails with "Network connection lost", on a loaded machine and on
+// the first request after a 100 MB body (vitest-pool-workers 0.15.1); a few tries make that a delay
+// instead of a failed test file.
+async function seedWithRetries(key: string, file: "model" | "data" | "tokenizer"): Promise<void> {
+  for (let i = 1; ; i++) {
+    try {
+      return await seed(key, file);
+    } catch (err) {
+      if (i >= 4) throw err;
+      console.warn(`edge model ${file}: try ${i} failed (${err}); retrying`);
+      await new Promise((r) => setTimeout(r, 500 * i));
+    }
+  }
+}
+
 try {
-  await seed(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
-  await seed(env.EDGE_MODEL_KEY, "model");
-  await seed(modelDataKey(env.EDGE_MODEL_KEY), "data");
+  await seedWithRetries(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer"); // small files first
+  await seedWithRetries(env.EDGE_MODEL_KEY, "model");
+  await seedWithRetries(modelDataKey(env.EDGE_MODEL_KEY), "data");
 } catch (err) {
   console.warn("edge model not seeded:", err);
 }
