@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
+from ..lora.pool import LoraPool, PackedAdapter, pack
+from ..lora.registry import AdapterRegistry
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
 from .kv_io import ChunkError, KvChunk, restorable_prefix
@@ -59,6 +61,15 @@ class LLMEngine:
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
                                   compile_decode=compile_decode, kv_codec=config.kv_codec)
+        self.lora_pool: LoraPool | None = None
+        self.adapters: AdapterRegistry | None = None
+        if config.max_loras:
+            self.lora_pool = pool = LoraPool(self.runner.kv_cache, self.block_manager, config.max_loras)
+            on_cuda = self.runner.device.type == "cuda"
+            self.adapters = AdapterRegistry(args, config.model, config.lora_host_bytes, pack=lambda ad: pack(
+                ad, args, pool.page_elems, config.torch_dtype, pin=on_cuda))
+            self.runner.enable_lora(pool)
+            self.scheduler.lora = pool
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
@@ -69,26 +80,34 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
-                    kv_chunks: list[bytes | KvChunk] = (), export_kv: bool = False, seq_id: int | None = None) -> Sequence:
+                    kv_chunks: list[bytes | KvChunk] = (), export_kv: bool = False, seq_id: int | None = None,
+                    adapter: PackedAdapter | None = None) -> Sequence:
         """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn; chunks
-        that fail verification are ignored (their tokens are recomputed). Raises QueueFull or ValueError."""
+        that fail verification are ignored (their tokens are recomputed). `adapter`: a LoRA adapter from
+        self.adapters; its load into the pool starts now, while other requests run. Raises QueueFull or
+        ValueError."""
         params = params or SamplingParams()
+        if adapter is not None and self.lora_pool is None:
+            raise ValueError("this engine serves no LoRA adapters (max_loras=0)")
         vocab = self.config.model_args.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        chunks = self.verify_chunks(kv_chunks, seq.seq_id, prompt_token_ids)
+        seq.adapter = adapter
+        chunks = self.verify_chunks(kv_chunks, seq.seq_id, prompt_token_ids, adapter)
         seq.restored, seq.num_restored = restorable_prefix(chunks, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
+        if adapter is not None:
+            self.lora_pool.ready(adapter)           # prefetch
         self.seqs[seq.seq_id] = seq
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq
 
     def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None,
-                      prompt_token_ids: list[int] | None = None) -> list[KvChunk]:
+                      prompt_token_ids: list[int] | None = None, adapter: PackedAdapter | None = None) -> list[KvChunk]:
         """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as
         they are). Coded chunks (spec-v1) need the prompt's token ids and the chunks before them: with
         `prompt_token_ids` they are decoded, in order, as far as the prompt's restorable prefix goes
@@ -99,13 +118,13 @@ class LLMEngine:
                 out.append(data)
                 continue
             try:
-                out.append(self.runner.decode_chunk(data))
+                out.append(self.runner.decode_chunk(data, adapter))
             except ChunkError as e:
                 log.info("request %s: KV chunk %d ignored (%s); its tokens are recomputed", seq_id, i, e)
         if prompt_token_ids is None or all(c.kv is not None for c in out):
             return out
         used, _ = restorable_prefix(out, len(prompt_token_ids) - 1)
-        decoded = decode_prefix(self.runner.kv_coder, used, prompt_token_ids)
+        decoded = decode_prefix(self.runner.kv_coder, used, prompt_token_ids, adapter)
         if len(decoded) < len(used):
             log.info("request %s: coded KV chunk at token %d not decodable; later tokens are recomputed", seq_id,
                      used[len(decoded)].token_start)
