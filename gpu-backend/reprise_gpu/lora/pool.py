@@ -203,3 +203,16 @@ class LoraPool:
         self.b_off[slot].copy_(b_off, non_blocking=True)
         self.ranks[slot].copy_(ranks, non_blocking=True)
         self.scaling[slot].fill_(ad.scaling)
+
+
+def dense(p: PackedAdapter, args: ModelArgs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The served weights back out of the pages, float32: ({m: A [L, r, in]}, {m: B [L, out, r]})."""
+    flat = p.pages.reshape(args.n_layers, -1).float()
+    shapes = module_shapes(args)
+    a, b = {}, {}
+    for m in p.modules:
+        i = LORA_MODULES.index(m)
+        n_in, n_out = shapes[m]
+        a[m] = flat[:, torch.from_numpy(p.a_loc[i, :p.rank])[:, None] + torch.arange(n_in)]
+        b[m] = flat[:, torch.from_numpy(p.b_loc[i, :p.rank])[:, None] + torch.arange(n_out)].transpose(1, 2)
+    return a, b
