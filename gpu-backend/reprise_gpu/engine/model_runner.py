@@ -204,6 +204,8 @@ class ModelRunner:
     def _graph_size(self, batch: ScheduledBatch) -> int | None:
         if not self.graphs or not batch.is_decode:
             return None
+        if not self.lora_graphs and any(s.lora_slot >= 0 for s in batch.seqs):
+            return None                      # adapters but no LoRA graphs: the eager step
         return next((s for s in self.graphs if s >= len(batch)), None)
 
     def _replay(self, batch: ScheduledBatch, bs: int) -> DecodeGraph:

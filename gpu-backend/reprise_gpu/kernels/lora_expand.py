@@ -87,7 +87,7 @@ def _sgmv_expand_kernel(
     stride_outm, stride_ym, stride_ys, stride_os, stride_om, stride_rs,
     # meta-parameters
     MOD0: tl.constexpr, N_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_IN_F32: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_IN_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     g = tl.program_id(0)
     mb = tl.program_id(1)
@@ -122,9 +122,9 @@ def _sgmv_expand_kernel(
         offs = tl.load(off_row + j, mask=jm, other=0).to(tl.int64)
         bt = tl.load(pool_ptr + offs[:, None] + n[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
         if DOT_IN_F32:
-            acc = tl.dot(yt, bt.to(tl.float32), acc)
+            acc = tl.dot(yt, bt.to(tl.float32), acc, input_precision=DOT_PRECISION)
         else:
-            acc = tl.dot(yt.to(pool_ptr.dtype.element_ty), bt, acc)
+            acc = tl.dot(yt.to(pool_ptr.dtype.element_ty), bt, acc, input_precision=DOT_PRECISION)
         j0 += BLOCK_R
     scale = tl.load(scale_ptr + slot)
     o_ptrs = (out_ptr + tok.to(tl.int64)[:, None] * stride_outm + _slice(s, START0, START1, START2)
@@ -179,7 +179,8 @@ def sgmv_expand(out: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, b_off: t
         _sgmv_expand_kernel[grid](
             out, y, pool, b_off, ranks, scaling, seg_starts, seg_slots, *starts, *sizes, out.stride(0), y.stride(0),
             y.stride(1), b_off.stride(0), b_off.stride(1), ranks.stride(0), MOD0=mod0, N_BLOCKS=nblocks,
-            BLOCK_M=BLOCK_M, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, DOT_IN_F32=INTERPRETED, num_warps=4)
+            BLOCK_M=BLOCK_M, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, DOT_IN_F32=INTERPRETED,
+            DOT_PRECISION="ieee" if out.dtype == torch.float32 else "tf32", num_warps=4)  # no TF32 in float32
 
 
 def lora_expand_ref(out: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, b_off: torch.Tensor,

@@ -76,7 +76,7 @@ def _sgmv_shrink_kernel(
     stride_xm, stride_os, stride_om, stride_rs, stride_ym, stride_ys,
     # meta-parameters
     K: tl.constexpr, MOD0: tl.constexpr, R_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_K: tl.constexpr, DOT_IN_F32: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_IN_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     g = tl.program_id(0)
     mb = tl.program_id(1)
@@ -106,9 +106,9 @@ def _sgmv_shrink_kernel(
                      other=0.0)
         at = tl.load(pool_ptr + offs[None, :] + k[:, None], mask=km[:, None] & rmask[None, :], other=0.0)  # A^T tile
         if DOT_IN_F32:
-            acc = tl.dot(xt.to(tl.float32), at.to(tl.float32), acc)
+            acc = tl.dot(xt.to(tl.float32), at.to(tl.float32), acc, input_precision=DOT_PRECISION)
         else:
-            acc = tl.dot(xt.to(pool_ptr.dtype.element_ty), at, acc)
+            acc = tl.dot(xt.to(pool_ptr.dtype.element_ty), at, acc, input_precision=DOT_PRECISION)
     tl.store(y_ptr + tok.to(tl.int64)[:, None] * stride_ym + s * stride_ys + rows[None, :], acc,
              mask=tmask[:, None] & rmask[None, :])
 
@@ -158,7 +158,8 @@ def sgmv_shrink(x: torch.Tensor, pool: torch.Tensor, a_off: torch.Tensor, ranks:
         _sgmv_shrink_kernel[grid](
             x, pool, a_off, ranks, seg_starts, seg_slots, y, x.stride(0), a_off.stride(0), a_off.stride(1),
             ranks.stride(0), y.stride(0), y.stride(1), K=K, MOD0=mod0, R_BLOCKS=R_MAX // BLOCK_R, BLOCK_M=BLOCK_M,
-            BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, DOT_IN_F32=INTERPRETED, num_warps=4)
+            BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, DOT_IN_F32=INTERPRETED,
+            DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4)  # no TF32 in float32
     return y
 
 
