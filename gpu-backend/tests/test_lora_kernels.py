@@ -112,8 +112,10 @@ def test_shrink_expand(kind, T, seed, dtype, mod0, n_slices):
     lora_expand_ref(outs[0], y_ref, pool, b_off, ranks, scaling, slots, mod0, slices)
     bgmv_expand(outs[1], y, pool, b_off, ranks, scaling, slots, mod0, slices)
     sgmv_expand(outs[2], y, pool, b_off, ranks, scaling, starts, seg_slots, max_len, mod0, slices)
+    scale = outs[0].float().abs().max().item()            # bf16: one rounding of out, at its magnitude
     for o in outs[1:]:
-        torch.testing.assert_close(o.float(), outs[0].float(), **TOL[dtype])
+        torch.testing.assert_close(o.float(), outs[0].float(), atol=TOL[dtype]["atol"] * max(1.0, scale),
+                                   rtol=TOL[dtype]["rtol"])
     no_adapter = torch.from_numpy(slots_np < 0).to(DEVICE)
     assert torch.equal(outs[1][no_adapter], base[no_adapter])        # slot -1 rows are left as they were
 

@@ -11,7 +11,7 @@ from reprise_gpu.config import get_model_args
 from reprise_gpu.engine.block_manager import BlockManager
 from reprise_gpu.layers.linear import LORA_MODULES
 from reprise_gpu.lora.pool import LoraPool, pack
-from reprise_gpu.lora.registry import AdapterError, AdapterRegistry, parse_adapter
+from reprise_gpu.lora.registry import AdapterError, AdapterRegistry, max_weights_bytes, parse_adapter
 from reprise_gpu.models.llama import alloc_kv_cache
 
 SMOL = get_model_args("smollm2-135m")
@@ -70,7 +70,7 @@ BAD = {
                    "float32"),
     "not safetensors": (lambda c, w: (c, b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"), "safetensors"),
     "truncated": (lambda c, w: (c, w[:len(w) // 2]), "safetensors"),
-    "oversize": (lambda c, w: (c, w + bytes(200 << 20)), "limit"),
+    "oversize": (lambda c, w: (c, w + bytes(max_weights_bytes(SMOL))), "limit"),
 }
 
 

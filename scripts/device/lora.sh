@@ -39,9 +39,11 @@ case "$section" in
     fi
     for s in "$@"; do case $s in
       tests) step lora-cuda-tests-smollm2 150 python3 -m pytest -q -s -p no:cacheprovider -rA tests/test_lora_smollm2.py tests/test_lora_cuda.py -k "not kernels" ;;
-      bench) step bench-lora-smollm2 "${TSMOL:-200}" python3 bench/bench_lora.py --model smollm2-135m --out /root/lora --kv-blocks 30000
+      bench) step bench-lora-smollm2 "${TSMOL:-200}" python3 bench/bench_lora.py --model smollm2-135m --out /root/lora --kv-blocks 30000 \
+               --naive "${NAIVE:-1,8,64}" --naive-requests "${NAIVE_REQ:-32}"
              cp /root/lora/lora_smollm2-135m.jsonl "$OUT/" ;;
-      summary) step summary 60 python3 bench/summarize_lora.py /root/lora --summary "$OUT/summary/lora.json"
+      summary) cp ../bench-in/*.jsonl /root/lora/ 2>/dev/null   # results of an earlier call (stage-a)
+               step summary 60 python3 bench/summarize_lora.py /root/lora --summary "$OUT/summary/lora.json"
                cp /root/lora/*.png "$OUT/" 2>/dev/null ;;
       *) echo "unknown step $s" ;;
     esac; done ;;

@@ -26,7 +26,7 @@ from ..layers.linear import LORA_MODULES
 
 MIN_RANK = 4
 MAX_CONFIG_BYTES = 64 << 10
-MAX_WEIGHTS_BYTES = 200 << 20      # rank 128 on all seven SmolLM2 projections in float32 is 156 MB
+HEADER_SLACK = 1 << 20             # the safetensors JSON header of the largest adapter is ~0.5 MB
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Base-model names an adapter may declare (last path component, lower case); none declared: shapes decide.
 BASE_NAMES = {
@@ -123,10 +123,18 @@ def parse_config(config: bytes, model: str) -> tuple[int, float, tuple[str, ...]
     return r, float(scaling), tuple(m for m in LORA_MODULES if m in targets)
 
 
+def max_weights_bytes(args: ModelArgs) -> int:
+    """The largest valid adapter_model.safetensors: rank R_MAX on all seven projections in float32 (SmolLM2:
+    156 MB; the 8B shape: 1.3 GB), plus its header. Anything larger is refused before it is parsed."""
+    per_rank = sum(i + o for i, o in module_shapes(args).values())
+    return args.n_layers * R_MAX * per_rank * 4 + HEADER_SLACK
+
+
 def parse_weights(weights: bytes, args: ModelArgs, r: int, modules: tuple[str, ...]):
     """adapter_model.safetensors -> ({module: A [L, r, in]}, {module: B [L, out, r]}) as float32."""
-    if len(weights) > MAX_WEIGHTS_BYTES:
-        raise AdapterError(f"adapter_model.safetensors is {len(weights)} bytes; the limit is {MAX_WEIGHTS_BYTES}")
+    if len(weights) > max_weights_bytes(args):
+        raise AdapterError(f"adapter_model.safetensors is {len(weights)} bytes; the limit for this model is "
+                           f"{max_weights_bytes(args)}")
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
     try:
