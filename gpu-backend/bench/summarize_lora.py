@@ -15,11 +15,16 @@ import json
 import os
 
 
-def load(d):
+def load(d, logs=()):
+    """Rows of every lora_<model>.jsonl in d, plus rows printed in bench logs given as MODEL=PATH (a run
+    cut by its time limit before its JSONL came back prints the same rows, less the run's metadata)."""
     rows = []
     for p in sorted(glob.glob(os.path.join(d, "lora_*.jsonl"))):
         rows += [json.loads(line) for line in open(p) if line.strip()]
-    return rows
+    for spec in logs:
+        model, path = spec.split("=", 1)
+        rows += [{**json.loads(line), "model": model} for line in open(path) if line.startswith("{\"variant\"")]
+    return [r for r in rows if "variant" in r]          # (lora_kernels.jsonl rows are the kernel bench's)
 
 
 def summarize(rows):
@@ -83,8 +88,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("dir")
     p.add_argument("--summary", default=None)
+    p.add_argument("--log", action="append", default=[], help="MODEL=bench log (rows printed by bench_lora.py)")
     a = p.parse_args()
-    s = summarize(load(a.dir))
+    s = summarize(load(a.dir, a.log))
     path = a.summary or os.path.join(a.dir, "lora.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
