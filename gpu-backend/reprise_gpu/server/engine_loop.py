@@ -29,6 +29,7 @@ class RequestHandle:
     params: SamplingParams
     chunks: list[KvChunk]
     accepted: asyncio.Future
+    adapter: object = None                      # lora.pool.PackedAdapter or None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)   # ("token", id, text) | ("kv", Future[bytes]) | ("done", dict) | ("error", str)
 
 
@@ -64,11 +65,13 @@ class EngineLoop:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, chunks: list[KvChunk]) -> RequestHandle:
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, chunks: list[KvChunk],
+               adapter=None) -> RequestHandle:
         """Queue a request; `await handle.accepted` raises ValueError/QueueFull if the engine refuses it."""
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.queue_depth} requests waiting")
-        h = RequestHandle(next(self._ids), prompt_token_ids, params, chunks, asyncio.get_running_loop().create_future())
+        h = RequestHandle(next(self._ids), prompt_token_ids, params, chunks, asyncio.get_running_loop().create_future(),
+                          adapter=adapter)
         self._adds.append(h)
         self._wake.set()
         return h
@@ -95,7 +98,7 @@ class EngineLoop:
         for h in adds:
             try:
                 self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.chunks, export_kv=True,
-                                        seq_id=h.seq_id)
+                                        seq_id=h.seq_id, adapter=h.adapter)
             except (ValueError, QueueFull) as e:
                 if not h.accepted.done():
                     h.accepted.set_exception(e)
