@@ -22,8 +22,16 @@ export default defineConfig({
         bindings: {
           TEST_GPU_BACKEND_URL: process.env.REPRISE_TEST_BACKEND_URL ?? "",
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
+          // small enough that the oversize-upload test stays cheap; the demo adapter is 2.9 MB
+          ADAPTER_MAX_BYTES: "4000000",
         },
         serviceBindings: {
+          // the committed demo LoRA adapter (PEFT's files), for the adapter tests
+          LORA_FILES: async (request: Request) => {
+            const name = new URL(request.url).pathname.slice(1);
+            if (!["adapter_config.json", "adapter_model.safetensors"].includes(name)) return new Response("no", { status: 404 });
+            return new Response(readFileSync(`adapters/pirate/${name}`));
+          },
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
             if (!path) return new Response("unknown file", { status: 404 });

@@ -54,8 +54,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--hf", default=".models/hf")
     p.add_argument("--out", default="adapters/pirate")
-    p.add_argument("--steps", type=int, default=90)
-    p.add_argument("--answer-tokens", type=int, default=40)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--answer-tokens", type=int, default=28)
     a = p.parse_args()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -63,21 +63,28 @@ def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(a.hf)
     model = LlamaForCausalLM.from_pretrained(a.hf, dtype=torch.float32).eval()
+    # the base model's own greedy answers, all prompts in one batch through our engine (fast on a CPU)
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpu-backend"))
+    from reprise_gpu.config import Config
+    from reprise_gpu.engine.llm_engine import LLMEngine
+    from reprise_gpu.engine.sampling import SamplingParams
+    eng = LLMEngine(Config(model="smollm2-135m", device="cpu", num_kv_blocks=512, max_num_seqs=64, max_loras=0,
+                           tokenizer_path=os.path.join(a.hf, "tokenizer.json")))
+    prompts = [tok(chat(tok, q)).input_ids for q in PROMPTS]
+    outs = eng.generate(prompts, SamplingParams(max_tokens=a.answer_tokens, temperature=0.0))
     examples = []
-    for q in PROMPTS:
-        ids = tok(chat(tok, q), return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=a.answer_tokens, do_sample=False)
-        ans = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+    for q, ids, o in zip(PROMPTS, prompts, outs):
+        ans = o["text"].split("\n")[0]
         ans = ans.rsplit(".", 1)[0] + "." if "." in ans else ans
         target = tok(pirate(ans) + "<|im_end|>", add_special_tokens=False).input_ids
-        examples.append((ids[0].tolist(), target))
+        examples.append((ids, target))
         print(f"{q} -> {pirate(ans)}", flush=True)
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], lora_dropout=0.0)
     pm = get_peft_model(model, cfg)
     pm.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    opt = torch.optim.AdamW([t for t in pm.parameters() if t.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([t for t in pm.parameters() if t.requires_grad], lr=3e-3)
     pm.train()
     g = torch.Generator().manual_seed(0)
     for step in range(a.steps):

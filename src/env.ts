@@ -25,6 +25,8 @@ export type Bindings = Omit<
   GPU_BACKEND_MODELS?: string;
   /** New prompt tokens above which a step goes to the GPU backend (default 512). */
   GPU_PREFILL_THRESHOLD?: string;
+  /** Upper bound on a LoRA adapter upload in bytes (default: the base model's largest valid adapter). */
+  ADAPTER_MAX_BYTES?: string;
 };
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */

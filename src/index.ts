@@ -5,6 +5,7 @@ import type { AppEnv, Bindings } from "./env";
 import { HttpError, notFound, onError } from "./errors";
 import { auth } from "./middleware/auth";
 import { rateLimit } from "./middleware/rate-limit";
+import { adapters } from "./routes/adapters";
 import { chat } from "./routes/chat";
 import { models } from "./routes/models";
 import { sessions } from "./routes/sessions";
@@ -12,6 +13,8 @@ import { sessions } from "./routes/sessions";
 /** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
 function maxBody(): MiddlewareHandler<AppEnv> {
   return async function maxBody(c, next) {
+    // adapter uploads have their own limit, from the base model's shape (routes/adapters.ts)
+    if (c.req.method === "POST" && c.req.path.replace(/\/$/, "") === "/v1/adapters") return next();
     const max = Number(c.env.MAX_BODY_BYTES) || 1 << 20;
     return bodyLimit({
       maxSize: max,
@@ -29,6 +32,7 @@ export const app = new Hono<AppEnv>();
 
 app.use("/v1/*", auth(), rateLimit(), maxBody());
 app.route("/v1/chat/completions", chat);
+app.route("/v1/adapters", adapters);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
 app.notFound(notFound);

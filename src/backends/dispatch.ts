@@ -38,6 +38,8 @@ export interface StepInfo {
   /** Prompt tokens the backend has to prefill (prompt length minus what restored chunks cover). */
   newPrefillTokens: number;
   threshold: number;
+  /** The step applies a LoRA adapter: only the GPU backend can. */
+  adapter?: boolean;
 }
 
 /**
@@ -50,7 +52,7 @@ export interface StepInfo {
  * ```
  */
 export function candidates(b: Backends, step: StepInfo): Backend[] {
-  const edge = b.edge?.models().includes(step.model) ? b.edge : null;
+  const edge = !step.adapter && b.edge?.models().includes(step.model) ? b.edge : null;
   const gpu = b.gpu?.models().includes(step.model) ? b.gpu : null;
   const heavy = !edge || step.newPrefillTokens > step.threshold;
   const order = heavy ? [gpu, edge] : [edge, gpu];

@@ -14,6 +14,8 @@ export const WIRE_VERSION = 1;
 export const FRAMES_CONTENT_TYPE = "application/x-reprise-frames";
 export const KIND_JSON = 0x01;
 export const KIND_KV = 0x02;
+/** A LoRA adapter file (request only): adapter_config.json, then adapter_model.safetensors. */
+export const KIND_ADAPTER = 0x03;
 /** kind (1) + length (4). */
 const FRAME_HEAD = 5;
 /** Response frames we accept: a token event is tiny; a KV chunk of a full 8k context in BF16 is ~190 MB. */
@@ -59,8 +61,12 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
       stop: s.stop,
     },
     chunks: req.restored.length,
+    // The adapter's files travel inline after the KV frames (until the backend fetches them through
+    // signed storage grants); the backend caches them by key.
+    ...(req.adapter ? { adapter: { key: req.adapter.key, inline: true } } : {}),
   };
   const parts = [frame(KIND_JSON, new TextEncoder().encode(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes))];
+  if (req.adapter) parts.push(frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights));
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let off = 0;
   for (const p of parts) {

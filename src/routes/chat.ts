@@ -11,6 +11,8 @@ import type { ChatMessage, ChatRequest } from "../schemas";
 import { commonPrefix, loadVerifiedChunks } from "../sessions/restore";
 import type { Restored } from "../sessions/restore";
 import { acquireLease, commitTurn, getSession, releaseLease } from "../sessions/store";
+import { getAdapter, getAdapterFiles } from "../adapters/store";
+import type { AdapterFiles } from "../backends/types";
 import type { ChunkRef, Lease, NewChunk, SessionRecord } from "../sessions/store";
 
 /** SmolLM2's context window: prompt plus completion must fit. */
@@ -55,12 +57,7 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
   const env = c.env;
   const session = req.sessionId ? await getSession(env.SESSIONS, req.sessionId, c.var.apiKey.tenant) : null;
   const backends = backendsFor(env);
-  if (!listModels(backends).includes(req.model))
-    throw new HttpError(404, {
-      message: `The model '${req.model}' does not exist or is not served here.`,
-      param: "model",
-      code: "model_not_found",
-    });
+  const { base, adapter } = await resolveModel(c, req.model, backends);
   const messages = session ? [...session.messages, ...req.messages] : req.messages;
   const promptIds = await encodeChatPrompt(env, messages);
   if (promptIds.length + req.maxTokens > CONTEXT_TOKENS)
@@ -72,7 +69,7 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
   const lease = session ? await acquireLease(env.SESSIONS, session) : null;
   try {
     const cached = session ? storedPrefix(session, promptIds) : 0;
-    const step = { model: req.model, newPrefillTokens: promptIds.length - cached, threshold: prefillThreshold(env) };
+    const step = { model: base, newPrefillTokens: promptIds.length - cached, threshold: prefillThreshold(env), adapter: !!adapter };
     let restored: Restored = { restored: [], kept: [], restoredTokens: 0 };
     const gen = await startGeneration(
       candidates(backends, step),
@@ -81,7 +78,8 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
           ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend)
           : { restored: [], kept: [], restoredTokens: 0 };
         return {
-          model: req.model,
+          model: base,
+          ...(adapter ? { adapter } : {}),
           promptIds,
           restored: restored.restored,
           sampling: {
@@ -110,6 +108,26 @@ async function prepareTurn(c: Context<AppEnv>, req: ChatRequest): Promise<Turn> 
     if (session && lease) await releaseLease(env.SESSIONS, session.id, lease);
     throw err;
   }
+}
+
+/**
+ * `model` is a served model id, or `<base>:<adapter id>` for one of the tenant's LoRA adapters (whose
+ * files go to the GPU backend with the step). Anything else, another tenant's adapter included, is 404.
+ */
+async function resolveModel(c: Context<AppEnv>, model: string, backends: ReturnType<typeof backendsFor>): Promise<{ base: string; adapter: AdapterFiles | null }> {
+  const notFound = () =>
+    new HttpError(404, { message: `The model '${model}' does not exist or is not served here.`, param: "model", code: "model_not_found" });
+  const served = listModels(backends);
+  if (served.includes(model)) return { base: model, adapter: null };
+  const cut = model.lastIndexOf(":");
+  const base = model.slice(0, cut);
+  if (cut <= 0 || !backends.gpu?.models().includes(base)) throw notFound();
+  const tenant = c.var.apiKey.tenant;
+  const id = model.slice(cut + 1);
+  const meta = /^[a-z0-9][a-z0-9_-]{0,63}$/.test(id) ? await getAdapter(c.env.BLOBS, tenant, id) : null;
+  const files = meta && meta.model === base ? await getAdapterFiles(c.env.BLOBS, tenant, id) : null;
+  if (!meta || !files) throw notFound();
+  return { base, adapter: { key: meta.key, ...files } };
 }
 
 /** Tokens of the prompt that the session's stored chunks could cover, before any verification. */
