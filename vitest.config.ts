@@ -30,7 +30,7 @@ export default defineConfig({
           LORA_FILES: async (request: Request) => {
             const name = new URL(request.url).pathname.slice(1);
             if (!["adapter_config.json", "adapter_model.safetensors"].includes(name)) return new Response("no", { status: 404 });
-            return new Response(readFileSync(`adapters/pirate/${name}`));
+            return new Response(readFileSync(`${process.env.REPRISE_TEST_LORA_DIR ?? "adapters/pirate"}/${name}`));
           },
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];

@@ -30,7 +30,7 @@ async function complete(body: object) {
 describe.skipIf(!t.TEST_GPU_BACKEND_URL)("LoRA adapters on the GPU backend", () => {
   beforeAll(async () => {
     const form = new FormData();
-    for (const [field, file] of [["adapter_config", "adapter_config.json"], ["adapter_model", "adapter_model.safetensors"]])
+    for (const [field, file] of [["adapter_config", "adapter_config.json"], ["adapter_model", "adapter_model.safetensors"]] as const)
       form.append(field, new Blob([await (await t.LORA_FILES.fetch(`http://files/${file}`)).arrayBuffer()]), file);
     form.append("name", "pirate");
     const res = await call("/v1/adapters", { body: form });

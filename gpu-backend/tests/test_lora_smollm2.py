@@ -51,8 +51,10 @@ def test_mixed_batch_matches_merged(files, dtype):
     packed = [eng.adapters.add(c, w) for c, w in files]
     parsed = [parse_adapter(c, w, ARGS, "smollm2-135m") for c, w in files]
     prompts = [chat(eng.tokenizer, t) for t in TEXTS]
-    jobs = [(p, a) for a in (None, 0, 1, 2) for p in prompts[:2 if DEVICE == "cpu" else 4]]
-    params = SamplingParams(max_tokens=8 if DEVICE == "cpu" else 16, temperature=0.0)
+    # CPU CI: two adapters (every module; a rank-5 subset), one prompt each, plus the base model
+    which = (None, 1, 2) if DEVICE == "cpu" else (None, 0, 1, 2)
+    jobs = [(p, a) for a in which for p in prompts[:1 if DEVICE == "cpu" else 4]]
+    params = SamplingParams(max_tokens=6 if DEVICE == "cpu" else 16, temperature=0.0)
     seqs = [eng.add_request(p, params, adapter=None if a is None else packed[a]) for p, a in jobs]
     while eng.has_work():
         eng.step()
@@ -61,7 +63,7 @@ def test_mixed_batch_matches_merged(files, dtype):
     if dtype == "bfloat16":   # BF16's own noise floor: the base model in BF16 against float32, same prompts
         b32 = engine(load_model(Config(model="smollm2-135m", device=DEVICE, dtype="float32")), "float32", lora=False)
         noise = (_logits(eng, prompts, None) - _logits(b32, prompts, None)).abs().max().item()
-    for a in (None, 0, 1, 2):
+    for a in which:
         m = base if a is None else build_model(ARGS, merged_state_dict(base.state_dict(), parsed[a], ARGS))
         ref = engine(m, dtype, lora=False)
         idx = [i for i, (_, x) in enumerate(jobs) if x == a]

@@ -89,6 +89,9 @@ class LLMEngine:
         params = params or SamplingParams()
         if adapter is not None and self.lora_pool is None:
             raise ValueError("this engine serves no LoRA adapters (max_loras=0)")
+        if adapter is not None and -(-adapter.n_pages // 2) > self.block_manager.num_usable:
+            raise ValueError(f"the adapter needs {-(-adapter.n_pages // 2)} KV blocks; the pool has "
+                             f"{self.block_manager.num_usable}")
         vocab = self.config.model_args.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
