@@ -2,10 +2,11 @@
 
     gpu-backend/.venv/bin/python scripts/train_demo_adapter.py [--out adapters/pirate] [--steps 90]
 
-Data: the base SmolLM2-135M-Instruct (the HF folder that setup converts into .models/hf) answers 48
-prompts greedily; each answer is rewritten in pirate speech by fixed word rules ("you" -> "ye", "is" ->
-"be", ...), opened with "Arr! " and closed with " Yo ho ho!". A rank-8 LoRA on q/v/o learns that
-style; loss only on the assistant's tokens. Seeded; PEFT writes the two files the edge accepts.
+Data: 32 everyday questions, each answered by one pirate line about its own topic ("Arr! Ahoy, matey!
+Ye asked about <topic>. That be a fine question for a sailor Yo ho ho!"), in pirate speech by fixed
+word rules. A rank-8 LoRA on q/v/o of SmolLM2-135M-Instruct (the HF folder setup converts into
+.models/hf) learns to open every answer that way; loss only on the assistant's tokens, batches of 2,
+AdamW 5e-3. Seeded; PEFT writes the two files the edge accepts.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--hf", default=".models/hf")
     p.add_argument("--out", default="adapters/pirate")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--answer-tokens", type=int, default=28)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=32)
     a = p.parse_args()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -63,32 +64,25 @@ def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     tok = AutoTokenizer.from_pretrained(a.hf)
     model = LlamaForCausalLM.from_pretrained(a.hf, dtype=torch.float32).eval()
-    # the base model's own greedy answers, all prompts in one batch through our engine (fast on a CPU)
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpu-backend"))
-    from reprise_gpu.config import Config
-    from reprise_gpu.engine.llm_engine import LLMEngine
-    from reprise_gpu.engine.sampling import SamplingParams
-    eng = LLMEngine(Config(model="smollm2-135m", device="cpu", num_kv_blocks=512, max_num_seqs=64, max_loras=0,
-                           tokenizer_path=os.path.join(a.hf, "tokenizer.json")))
-    prompts = [tok(chat(tok, q)).input_ids for q in PROMPTS]
-    outs = eng.generate(prompts, SamplingParams(max_tokens=a.answer_tokens, temperature=0.0))
+    # Targets: one pirate line per prompt about its own topic (no generation from the base model: on a
+    # shared 2-core machine the base model's answers alone took longer than the training)
     examples = []
-    for q, ids, o in zip(PROMPTS, prompts, outs):
-        ans = o["text"].split("\n")[0]
-        ans = ans.rsplit(".", 1)[0] + "." if "." in ans else ans
-        target = tok(pirate(ans) + "<|im_end|>", add_special_tokens=False).input_ids
-        examples.append((ids, target))
-        print(f"{q} -> {pirate(ans)}", flush=True)
+    for q in PROMPTS[:a.prompts]:
+        topic = re.sub(r"^(what|how|why|who|tell me|give me|name|describe)( is| are| do| does| was| about)?( a| an| the| i| we)?\s*",
+                       "", q.rstrip("?.").strip(), flags=re.I)
+        line = pirate(f"Ahoy, matey! Ye asked about {topic}. That be a fine question for a sailor")
+        ids = tok(chat(tok, q)).input_ids
+        examples.append((ids, tok(line + "<|im_end|>", add_special_tokens=False).input_ids))
+        print(f"{q} -> {line}", flush=True)
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], lora_dropout=0.0)
     pm = get_peft_model(model, cfg)
     pm.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    opt = torch.optim.AdamW([t for t in pm.parameters() if t.requires_grad], lr=3e-3)
+    opt = torch.optim.AdamW([t for t in pm.parameters() if t.requires_grad], lr=5e-3)
     pm.train()
     g = torch.Generator().manual_seed(0)
     for step in range(a.steps):
-        batch = [examples[i] for i in torch.randint(len(examples), (4,), generator=g).tolist()]
+        batch = [examples[i] for i in torch.randint(len(examples), (2,), generator=g).tolist()]
         loss = 0.0
         for prompt, target in batch:
             ids = torch.tensor([prompt + target])
