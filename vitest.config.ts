@@ -1,5 +1,5 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
 
@@ -24,7 +24,14 @@ export default defineConfig({
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
           // small enough that the oversize-upload test stays cheap; the demo adapter is 2.9 MB
           ADAPTER_MAX_BYTES: "4000000",
+          // The storage route verifies grants with these; a test enables grant minting on the edge by
+          // passing STORAGE_GRANT_ORIGIN (its SELF_ORIGIN) in the env it hands to worker.fetch.
+          STORAGE_GRANTS: "worker",
+          STORAGE_GRANT_SECRET: "test-grant-secret-only-the-edge-holds",
         },
+        // A real HTTP socket into the worker under test, so that the GPU backend (another process) can
+        // call its signed storage route; SELF_ORIGIN tells a test file its URL (a random port per file).
+        unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
         serviceBindings: {
           // the committed demo LoRA adapter (PEFT's files), for the adapter tests
           LORA_FILES: async (request: Request) => {
@@ -32,10 +39,14 @@ export default defineConfig({
             if (!["adapter_config.json", "adapter_model.safetensors"].includes(name)) return new Response("no", { status: 404 });
             return new Response(readFileSync(`${process.env.REPRISE_TEST_LORA_DIR ?? "adapters/pirate"}/${name}`));
           },
+          SELF_ORIGIN: async (_req: Request, mf: { unsafeGetDirectURL(): Promise<URL> }) => new Response((await mf.unsafeGetDirectURL()).href),
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
             if (!path) return new Response("unknown file", { status: 404 });
             try {
+              // HEAD answers the size alone, so that a test file whose R2 already holds the file never
+              // starts a body it would have to cancel (cancelling one breaks the binding's connection).
+              if (request.method === "HEAD") return new Response(null, { headers: { "content-length": String(statSync(path).size) } });
               const bytes = readFileSync(path);
               return new Response(bytes, { headers: { "content-length": String(bytes.byteLength) } });
             } catch {
@@ -48,6 +59,7 @@ export default defineConfig({
   ],
   test: {
     include: ["test/**/*.test.ts", "src/**/*.test.ts"],
+    exclude: ["test/server/**", "**/node_modules/**"], // the real-server tests run from Node: test/server/vitest.config.ts
     setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,

@@ -8,7 +8,7 @@
  */
 export type Bindings = Omit<
   Env,
-  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES"
+  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES" | "EDGE_STEP_BUDGET_MS"
 > & {
   /** Base URL of the GPU backend; empty means every step runs on the edge model. */
   GPU_BACKEND_URL: string;
@@ -27,6 +27,20 @@ export type Bindings = Omit<
   GPU_PREFILL_THRESHOLD?: string;
   /** Upper bound on a LoRA adapter upload in bytes (default: the base model's largest valid adapter). */
   ADAPTER_MAX_BYTES?: string;
+  /** Most ms one light step may compute on the edge model (src/edge-model/budget.ts; default 25 000). */
+  EDGE_STEP_BUDGET_MS?: string;
+  /** How the GPU backend reaches session chunks (docs/storage-grants.md): "worker" (this Worker's
+   *  signed streaming route), "r2-s3" (R2 presigned URLs) or empty (the edge inlines chunk bytes). */
+  STORAGE_GRANTS?: string;
+  /** "worker" grants: this Worker's origin as the backend reaches it, e.g. http://127.0.0.1:8787. */
+  STORAGE_GRANT_ORIGIN?: string;
+  /** "worker" grants: HMAC key of the grant signatures; only the edge holds it (a secret). */
+  STORAGE_GRANT_SECRET?: string;
+  /** "r2-s3" grants: https://<account>.r2.cloudflarestorage.com, the bucket, and an R2 API token's keys (secrets). */
+  R2_S3_ENDPOINT?: string;
+  R2_S3_BUCKET?: string;
+  R2_ACCESS_KEY_ID?: string;
+  R2_SECRET_ACCESS_KEY?: string;
 };
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */

@@ -9,6 +9,7 @@ import { adapters } from "./routes/adapters";
 import { chat } from "./routes/chat";
 import { models } from "./routes/models";
 import { sessions } from "./routes/sessions";
+import { storage } from "./routes/storage";
 
 /** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
 function maxBody(): MiddlewareHandler<AppEnv> {
@@ -35,6 +36,8 @@ app.route("/v1/chat/completions", chat);
 app.route("/v1/adapters", adapters);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
+// Signed object URLs for the GPU backend: the grant in the query authorizes, not an API key.
+app.route("/storage/v1/objects", storage);
 app.notFound(notFound);
 app.onError(onError);
 

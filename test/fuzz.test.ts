@@ -2,7 +2,7 @@ import { SELF } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
-import { sha256Hex } from "../src/middleware/auth";
+import { sha256Hex } from "../src/crypto";
 import { chatRequestSchema } from "../src/schemas";
 import { acquireLease, commitTurn, getSession, releaseLease } from "../src/sessions/store";
 import { api, KEYS, r2Keys } from "./helpers";

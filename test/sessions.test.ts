@@ -2,7 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { acquireLease, chunkKey, commitTurn, getSession, releaseLease } from "../src/sessions/store";
 import type { SessionRecord } from "../src/sessions/store";
-import { sha256Hex } from "../src/middleware/auth";
+import { sha256Hex } from "../src/crypto";
 import { api, errorOf, KEYS, r2Keys } from "./helpers";
 
 async function newSession(key: string = KEYS.a): Promise<string> {

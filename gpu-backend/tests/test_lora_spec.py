@@ -47,10 +47,10 @@ def test_adapter_session_resumes_exactly(setup):
 def test_speculator_with_the_adapter_codes_smaller(setup):
     """The adapter's speculator predicts the adapter's K/V better than the base speculator does."""
     eng, (ad, _) = setup
-    coder = eng.runner.kv_coder
+    coder = eng.kv.coder
     rng = random.Random(1)
     seq = turn(eng, [rng.randrange(256) for _ in range(40)], ad)
-    exact = coder.decode(eng.runner.decode_chunk(seq.kv_chunk, ad), seq.token_ids, None, ad).kv
+    exact = coder.decode(eng.kv.parse(seq.kv_chunk, ad), seq.token_ids, None, ad).kv
     with_lora = len(coder.encode_async(seq.token_ids, None, exact, 0, "p", ad).result())
     without = len(coder.encode_async(seq.token_ids, None, exact, 0, "p", None).result())
     assert with_lora < without, (with_lora, without)

@@ -7,6 +7,7 @@
  *   response = JSON token events ..., one KV frame, JSON done (or JSON error)
  *   X-Reprise-Timestamp: unix seconds; X-Reprise-Signature: v1=hex(HMAC-SHA256(secret, ts + "." + body))
  */
+import { concatBytes, hmacSha256, toHex, utf8 } from "../crypto";
 import type { Bindings } from "../env";
 import type { Backend, GenerateEvent, GenerateRequest } from "./types";
 
@@ -65,27 +66,13 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
     // signed storage grants); the backend caches them by key.
     ...(req.adapter ? { adapter: { key: req.adapter.key, inline: true } } : {}),
   };
-  const parts = [frame(KIND_JSON, new TextEncoder().encode(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes))];
-  if (req.adapter) parts.push(frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights));
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
+  const adapter = req.adapter ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
+  return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)), ...adapter);
 }
 
 /** `v1=` + hex HMAC-SHA256 of `${timestamp}.${body}` under `secret`. */
 export async function signRequest(secret: string, timestamp: string, body: Uint8Array): Promise<string> {
-  const enc = new TextEncoder();
-  const key = await crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-  const prefix = enc.encode(`${timestamp}.`);
-  const msg = new Uint8Array(prefix.length + body.length);
-  msg.set(prefix, 0);
-  msg.set(body, prefix.length);
-  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, msg));
-  return "v1=" + [...mac].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "v1=" + toHex(await hmacSha256(secret, concatBytes(`${timestamp}.`, body)));
 }
 
 /**

@@ -14,6 +14,7 @@
  */
 import * as ort from "onnxruntime-web/wasm";
 import ortWasm from "onnxruntime-web/ort-wasm-simd-threaded.wasm";
+import { toHex } from "../crypto";
 
 export const LAYERS = 30;
 export const KV_HEADS = 3;
@@ -116,7 +117,7 @@ async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
   await w.write(graph);
   await w.write(data);
   await w.close();
-  const hex = Array.from(new Uint8Array(await hasher.digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  const hex = toHex(await hasher.digest);
   ort.env.wasm.numThreads = 1; // no SharedArrayBuffer workers in workerd
   ort.env.wasm.proxy = false;
   ort.env.wasm.wasmBinary = PLACEHOLDER;

@@ -7,7 +7,7 @@
  * record, and was made by a producer the chosen backend accepts. The first chunk that fails ends
  * the list: the backend recomputes everything after it from token ids. Slower, never wrong.
  */
-import { sha256Hex } from "../middleware/auth";
+import { sha256Hex } from "../crypto";
 import { readChunk } from "../backends/edge";
 import type { Backend, KvChunk } from "../backends/types";
 import type { ChunkRef, SessionRecord } from "./store";

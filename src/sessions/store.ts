@@ -22,6 +22,7 @@
  * transactionally, with R2 still holding the chunks.
  */
 import type { ChatMessage } from "../schemas";
+import { randomHex } from "../crypto";
 import { HttpError } from "../errors";
 
 /** One stored KV-cache chunk: the KV of tokens [tokenStart, tokenEnd) for all layers. */
@@ -68,8 +69,7 @@ export const chunkPrefix = (id: string) => `sessions/${id}/`;
 export const chunkKey = (id: string, n: number) => `sessions/${id}/${n}.kv`;
 
 export function newSessionId(): string {
-  const raw = crypto.getRandomValues(new Uint8Array(16));
-  return "sess_" + [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "sess_" + randomHex(16);
 }
 
 export async function createSession(kv: KVNamespace, tenant: string): Promise<SessionRecord> {
