@@ -55,7 +55,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--hf", default=".models/hf")
     p.add_argument("--out", default="adapters/pirate")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--prompts", type=int, default=32)
     a = p.parse_args()
     from peft import LoraConfig, get_peft_model
