@@ -40,6 +40,8 @@ export default defineConfig({
         bindings: {
           TEST_GPU_BACKEND_URL: process.env.REPRISE_TEST_BACKEND_URL ?? "",
           TEST_GPU_BACKEND_SECRET: process.env.REPRISE_TEST_BACKEND_SECRET ?? "",
+          // small enough that the oversize-upload test stays cheap; the demo adapter is 2.9 MB
+          ADAPTER_MAX_BYTES: "4000000",
           // The storage route verifies grants with these; a test enables grant minting on the edge by
           // passing STORAGE_GRANT_ORIGIN (its SELF_ORIGIN) in the env it hands to worker.fetch.
           STORAGE_GRANTS: "worker",
@@ -58,6 +60,12 @@ export default defineConfig({
         // call its signed storage route; SELF_ORIGIN tells a test file its URL (a random port per file).
         unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
         serviceBindings: {
+          // the committed demo LoRA adapter (PEFT's files), for the adapter tests
+          LORA_FILES: async (request: Request) => {
+            const name = new URL(request.url).pathname.slice(1);
+            if (!["adapter_config.json", "adapter_model.safetensors"].includes(name)) return new Response("no", { status: 404 });
+            return new Response(readFileSync(`${process.env.REPRISE_TEST_LORA_DIR ?? "adapters/pirate"}/${name}`));
+          },
           SELF_ORIGIN: async (_req: Request, mf: { unsafeGetDirectURL(): Promise<URL> }) => new Response((await mf.unsafeGetDirectURL()).href),
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];

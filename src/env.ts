@@ -41,6 +41,8 @@ export type Bindings = Omit<
   GPU_BACKEND_MODELS?: string;
   /** New prompt tokens above which a step goes to the GPU backend (default 512). */
   GPU_PREFILL_THRESHOLD?: string;
+  /** Upper bound on a LoRA adapter upload in bytes (default: the base model's largest valid adapter). */
+  ADAPTER_MAX_BYTES?: string;
   /** Most ms one light step may compute on the edge model (src/edge-model/budget.ts; default 25 000). */
   EDGE_STEP_BUDGET_MS?: string;
   /** How the GPU backend reaches session chunks (docs/storage-grants.md): "worker" (this Worker's

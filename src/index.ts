@@ -6,6 +6,7 @@ import { HttpError, notFound, onError } from "./errors";
 import { auth } from "./middleware/auth";
 import { rateLimit } from "./middleware/rate-limit";
 import { handleQueue } from "./queue";
+import { adapters } from "./routes/adapters";
 import { chat } from "./routes/chat";
 import { hooks, inboundHooks } from "./routes/hooks";
 import { jobs } from "./routes/jobs";
@@ -21,6 +22,8 @@ export { TenantStore } from "./durable/tenant-store";
 /** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
 function maxBody(): MiddlewareHandler<AppEnv> {
   return async function maxBody(c, next) {
+    // adapter uploads have their own limit, from the base model's shape (routes/adapters.ts)
+    if (c.req.method === "POST" && c.req.path.replace(/\/$/, "") === "/v1/adapters") return next();
     const max = Number(c.env.MAX_BODY_BYTES) || 1 << 20;
     return bodyLimit({
       maxSize: max,
@@ -41,6 +44,7 @@ export const app = new Hono<AppEnv>();
 app.route("/v1/hooks", inboundHooks);
 app.use("/v1/*", auth(), rateLimit(), maxBody());
 app.route("/v1/chat/completions", chat);
+app.route("/v1/adapters", adapters);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
 // Signed object URLs for the GPU backend: the grant in the query authorizes, not an API key.

@@ -93,6 +93,8 @@ class Config:
     secret: str | None = None            # HMAC secret for the edge; None disables the server's auth
     tokenizer_path: str | None = None    # tokenizer.json; None: the tokenizer in the GGUF metadata
     kv_codec: str = "raw"                # exported KV chunks: "raw" (the cache's dtype) | "spec-v1" (BF16 only)
+    max_loras: int = 64                  # LoRA adapters resident in the KV pool at once (slots); 0: no LoRA
+    lora_host_bytes: int = 4 << 30       # host LRU of parsed, paged adapters
     model_args: ModelArgs = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -103,6 +105,8 @@ class Config:
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_loras < 0 or self.lora_host_bytes <= 0:
+            raise ValueError("max_loras must be >= 0 and lora_host_bytes positive")
         for name in ("num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size", "max_queue"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

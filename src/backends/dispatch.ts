@@ -42,6 +42,8 @@ export interface StepInfo {
   /** Prompt tokens the backend has to prefill (prompt length minus what restored chunks cover). */
   newPrefillTokens: number;
   threshold: number;
+  /** The step applies a LoRA adapter: only the GPU backend can. */
+  adapter?: boolean;
   /** Completion tokens asked for, and whether the client set them (an unset one may be shortened). */
   maxTokens: number;
   maxTokensGiven: boolean;
@@ -64,7 +66,7 @@ export interface Route {
  * ```
  */
 export function route(b: Backends, step: StepInfo): Route {
-  const edge = b.edge?.models().includes(step.model) ? b.edge : null;
+  const edge = !step.adapter && b.edge?.models().includes(step.model) ? b.edge : null;
   const gpu = b.gpu?.models().includes(step.model) ? b.gpu : null;
   const plan = edge?.plan(step.newPrefillTokens, step.maxTokens);
   if (edge && plan && plan.estimateMs > plan.budgetMs) {

@@ -15,6 +15,8 @@ export const WIRE_VERSION = 1;
 export const FRAMES_CONTENT_TYPE = "application/x-reprise-frames";
 export const KIND_JSON = 0x01;
 export const KIND_KV = 0x02;
+/** A LoRA adapter file (request only): adapter_config.json, then adapter_model.safetensors. */
+export const KIND_ADAPTER = 0x03;
 /** kind (1) + length (4). */
 const FRAME_HEAD = 5;
 /** Response frames we accept: a token event is tiny; a KV chunk of a full 8k context in BF16 is ~190 MB. */
@@ -60,8 +62,12 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
       stop: s.stop,
     },
     chunks: req.restored.length,
+    // The adapter's files travel inline after the KV frames (until the backend fetches them through
+    // signed storage grants); the backend caches them by key.
+    ...(req.adapter ? { adapter: { key: req.adapter.key, inline: true } } : {}),
   };
-  return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)));
+  const adapter = req.adapter ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
+  return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)), ...adapter);
 }
 
 /** `v1=` + hex HMAC-SHA256 of `${timestamp}.${body}` under `secret`. */

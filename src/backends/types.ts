@@ -20,6 +20,14 @@ export interface GenerateRequest {
   /** Verified chunks covering [0, n) of promptIds, in order. */
   restored: KvChunk[];
   sampling: SamplingOptions;
+  /** A LoRA adapter to apply (GPU backend only): its cache key and PEFT files. */
+  adapter?: AdapterFiles;
+}
+
+export interface AdapterFiles {
+  key: string;
+  config: Uint8Array;
+  weights: Uint8Array;
 }
 
 export interface SamplingOptions {

@@ -2,7 +2,8 @@
  * The first half of a turn: everything that can still fail with a clean HTTP status (unknown
  * model, context too long, session busy, no backend) happens here, before any byte is sent.
  */
-import { backendsFor, listModels, prefillThreshold, route, startGeneration } from "../backends/dispatch";
+import { resolveModel } from "../adapters/resolve";
+import { backendsFor, prefillThreshold, route, startGeneration } from "../backends/dispatch";
 import { encodeChatPrompt } from "../backends/edge";
 import type { Bindings } from "../env";
 import { HttpError } from "../errors";
@@ -31,12 +32,7 @@ const noRestore = (): Restored => ({ restored: [], kept: [], restoredTokens: 0 }
 export async function prepareTurn(env: Bindings, tenant: string, req: ChatRequest, signal?: AbortSignal): Promise<Turn> {
   const session = req.sessionId ? await getSession(env.SESSIONS, req.sessionId, tenant) : null;
   const backends = backendsFor(env);
-  if (!listModels(backends).includes(req.model))
-    throw new HttpError(404, {
-      message: `The model '${req.model}' does not exist or is not served here.`,
-      param: "model",
-      code: "model_not_found",
-    });
+  const { base, adapter } = await resolveModel(env.BLOBS, tenant, req.model, backends);
   const messages = session ? [...session.messages, ...req.messages] : req.messages;
   const promptIds = await encodeChatPrompt(env, messages);
   if (promptIds.length + req.maxTokens > CONTEXT_TOKENS)
@@ -49,7 +45,8 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
   try {
     const cached = session ? storedPrefix(session, promptIds) : 0;
     const { backends: order, maxTokens } = route(backends, {
-      model: req.model,
+      model: base,
+      adapter: !!adapter,
       newPrefillTokens: promptIds.length - cached,
       threshold: prefillThreshold(env),
       maxTokens: req.maxTokens,
@@ -61,7 +58,8 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       async (backend) => {
         restored = session ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend) : noRestore();
         return {
-          model: req.model,
+          model: base,
+          ...(adapter ? { adapter } : {}),
           promptIds,
           restored: restored.restored,
           sampling: {

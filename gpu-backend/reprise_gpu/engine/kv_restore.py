@@ -13,6 +13,10 @@ passes; anything else ends the restorable prefix there and the rest is recompute
 Speculative chunks of tokens [s, e): the FP8 speculator predicts every layer's K/V of those tokens from
 their ids, the exact K/V of [0, s) and, layer by layer, the chunk's own exact K/V (recipe w8a8-kvx). A
 chunk therefore decodes only after every chunk before it, with the same speculator fingerprint.
+
+A sequence served with a LoRA adapter: its chunks' producer (and spec-v1 fingerprint) names the adapter,
+so they restore only into that adapter's sequences, and the speculator applies the same adapter (FP8
+base plus BF16 LoRA on the un-quantized activations, speculator/lora.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 import torch
 
 from ..codec import api as codec
+from ..lora.pool import dense
+from ..speculator.lora import SpecLora
 from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
 from ..speculator.quantize import create_quantized_state_dict
 from ..speculator.recipe import get_recipe
@@ -87,15 +93,32 @@ class SpecKvCoder:
         self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
         self.model_name = model_name
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
+        self._loras: dict[str, SpecLora] = {}
         codec.warm_up(self.spec.device)
 
     @property
     def fingerprint(self) -> str:
         return self.spec.fingerprint
 
+    def fingerprint_for(self, adapter) -> str:
+        return self.fingerprint if adapter is None else f"{self.fingerprint};lora=sha256:{adapter.key}"
+
+    def _lora(self, adapter) -> SpecLora | None:
+        """The speculator's copy of a pool adapter (its served BF16 values), a few kept by key."""
+        if adapter is None:
+            return None
+        sl = self._loras.get(adapter.key)
+        if sl is None:
+            a, b = dense(adapter, self.args)
+            sl = SpecLora(adapter.key, adapter.scaling, a, b).to(self.spec.device)
+            if len(self._loras) >= 8:
+                self._loras.pop(next(iter(self._loras)))
+            self._loras[adapter.key] = sl
+        return sl
+
     @torch.no_grad()
     def encode_async(self, token_ids: list[int], past: torch.Tensor | None, kv: torch.Tensor, start: int,
-                     producer: str) -> Future[bytes]:
+                     producer: str, adapter=None) -> Future[bytes]:
         """Container bytes for kv (BF16 [L, 2, KH, n, D]) of tokens [start, start + n); past: the exact
         K/V of [0, start) or None when start == 0. The speculator runs now, on the caller's thread (the
         GPU work is short and must not race the engine's next step for the cache); the entropy coding
@@ -104,16 +127,18 @@ class SpecKvCoder:
             raise ValueError("spec-v1 codes BF16 caches")
         n = kv.shape[3]
         ids = torch.tensor(token_ids[start:start + n], dtype=torch.long)
-        pred = self.spec.predict_all([SeqInput(ids, start, past)], [kv.float()])[0].cpu().numpy()
+        pred = self.spec.predict_all([SeqInput(ids, start, past)], [kv.float()], lora=self._lora(adapter))[0]
+        pred = pred.cpu().numpy()
         bits = kv.cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+        fingerprint = self.fingerprint_for(adapter)
 
         def code() -> bytes:
-            payload = codec.encode(bits, pred, fingerprint=self.fingerprint, token_start=start, model=self.model_name)
+            payload = codec.encode(bits, pred, fingerprint=fingerprint, token_start=start, model=self.model_name)
             return kv_io.encode_container(producer, SPEC_CODEC, tuple(kv.shape), start, payload)
         return self._encoder.submit(code)
 
     @torch.no_grad()
-    def decode(self, chunk: KvChunk, token_ids: list[int], past: torch.Tensor | None) -> KvChunk:
+    def decode(self, chunk: KvChunk, token_ids: list[int], past: torch.Tensor | None, adapter=None) -> KvChunk:
         """The chunk with its K/V decoded (BF16); raises ChunkError for anything that fails. The container
         has checked the payload's SHA-256 already, so the codec does not hash the same bytes again."""
         s, e = chunk.token_start, chunk.token_end
@@ -122,9 +147,9 @@ class SpecKvCoder:
         if s and (past is None or past.shape[3] != s):
             raise ChunkError("chunk needs the K/V of every token before it")
         a = self.args
-        run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)])
+        run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)], self._lora(adapter))
         on_gpu = self.spec.device.type == "cuda"
-        res = codec.decode(chunk.payload, SpeculatorPredictor(run, tensors=on_gpu), fingerprint=self.fingerprint,
+        res = codec.decode(chunk.payload, SpeculatorPredictor(run, tensors=on_gpu), fingerprint=self.fingerprint_for(adapter),
                            layers=a.n_layers, kv_heads=a.n_kv_heads, head_dim=a.head_dim, token_start=s, token_end=e,
                            device=self.spec.device, payload_verified=True)
         if not res.ok:
@@ -160,13 +185,18 @@ class KvRestore:
             self._weights_sha256 = weights_sha256(self.model)
         return producer_fingerprint(self._weights_sha256, self.dtype, self.device)
 
-    def parse(self, data: bytes) -> KvChunk:
+    def producer_for(self, adapter) -> str:
+        """The producer of K/V computed with `adapter` (None: the base model): another adapter's chunks,
+        or the base model's, never restore into this one's sequence."""
+        return self.producer if adapter is None else f"{self.producer};lora=sha256:{adapter.key}"
+
+    def parse(self, data: bytes, adapter=None) -> KvChunk:
         """One container, checked (producer, shape, payload SHA-256); raw codecs decoded, coded ones not yet."""
         a = self.args
-        return kv_io.decode_chunk(data, producer=self.producer, layers=a.n_layers, kv_heads=a.n_kv_heads,
+        return kv_io.decode_chunk(data, producer=self.producer_for(adapter), layers=a.n_layers, kv_heads=a.n_kv_heads,
                                   head_dim=a.head_dim, dtype=self.dtype, coded=(SPEC_CODEC,) if self.coder else ())
 
-    def verify(self, kv_chunks: list[bytes], prompt_token_ids: list[int]) -> Restored:
+    def verify(self, kv_chunks: list[bytes], prompt_token_ids: list[int], adapter=None) -> Restored:
         """The restorable prefix of `kv_chunks` for this prompt (at most len(prompt) - 1 tokens: the last
         prompt token is always computed, it yields the first logits). Each chunk is parsed and checked
         once; coded chunks are decoded in token order and the prefix ends at the first that fails.
@@ -175,7 +205,7 @@ class KvRestore:
         parsed = []
         for i, data in enumerate(kv_chunks):
             try:
-                parsed.append(self.parse(data))
+                parsed.append(self.parse(data, adapter))
             except ChunkError as e:
                 out.refused.append(f"chunk {i}: {e}")
         used, _ = kv_io.restorable_prefix(parsed, len(prompt_token_ids) - 1)
@@ -185,7 +215,7 @@ class KvRestore:
             if c.kv is None:
                 past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start else None
                 try:
-                    c = self.coder.decode(c, prompt_token_ids, past)
+                    c = self.coder.decode(c, prompt_token_ids, past, adapter)
                 except ChunkError as e:
                     out.refused.append(f"chunk at token {c.token_start}: {e}")
                     break
@@ -209,9 +239,10 @@ class KvRestore:
         """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
         chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread."""
         kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
+        producer = self.producer_for(seq.adapter)
         if self.coder is None:
             done: Future[bytes] = Future()
-            done.set_result(kv_io.encode_chunk(kv, start, self.producer))
+            done.set_result(kv_io.encode_chunk(kv, start, producer))
             return done
         past = kv_io.gather_kv(self.kv_cache, seq.block_table, 0, start) if start else None
-        return self.coder.encode_async(seq.token_ids, past, kv, start, self.producer)
+        return self.coder.encode_async(seq.token_ids, past, kv, start, producer, seq.adapter)

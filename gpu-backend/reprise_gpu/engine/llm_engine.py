@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
+from ..lora.pool import LoraPool, PackedAdapter, pack
+from ..lora.registry import AdapterRegistry
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
 from .kv_restore import KvRestore, Restored
@@ -57,6 +59,15 @@ class LLMEngine:
                                   compile_decode=compile_decode)
         self.kv = KvRestore(self.model, self.runner.kv_cache, device=config.device, dtype=config.torch_dtype,
                             kv_codec=config.kv_codec)
+        self.lora_pool: LoraPool | None = None
+        self.adapters: AdapterRegistry | None = None
+        if config.max_loras:
+            self.lora_pool = pool = LoraPool(self.runner.kv_cache, self.block_manager, config.max_loras)
+            on_cuda = self.runner.device.type == "cuda"
+            self.adapters = AdapterRegistry(args, config.model, config.lora_host_bytes, pack=lambda ad: pack(
+                ad, args, pool.page_elems, config.torch_dtype, pin=on_cuda))
+            self.runner.enable_lora(pool)
+            self.scheduler.lora = pool
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
@@ -68,21 +79,31 @@ class LLMEngine:
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
                     kv_chunks: list[bytes] | Restored = (), export_kv: bool = False,
-                    seq_id: int | None = None) -> Sequence:
+                    seq_id: int | None = None, adapter: PackedAdapter | None = None) -> Sequence:
         """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn (verified
         here), or what `self.kv.verify` made of them already; chunks that fail verification are ignored
-        (their tokens are recomputed). Raises QueueFull or ValueError."""
+        (their tokens are recomputed). `adapter`: a LoRA adapter from self.adapters; its load into the pool
+        starts now, while other requests run. Raises QueueFull or ValueError."""
         params = params or SamplingParams()
+        if adapter is not None and self.lora_pool is None:
+            raise ValueError("this engine serves no LoRA adapters (max_loras=0)")
+        if adapter is not None and -(-adapter.n_pages // 2) > self.block_manager.num_usable:
+            raise ValueError(f"the adapter needs {-(-adapter.n_pages // 2)} KV blocks; the pool has "
+                             f"{self.block_manager.num_usable}")
         vocab = self.config.model_args.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        restored = kv_chunks if isinstance(kv_chunks, Restored) else self.kv.verify(list(kv_chunks), prompt_token_ids)
+        seq.adapter = adapter
+        restored = kv_chunks if isinstance(kv_chunks, Restored) else self.kv.verify(list(kv_chunks), prompt_token_ids,
+                                                                                    adapter)
         seq.restored, seq.num_restored = restored.chunks, min(restored.tokens, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
+        if adapter is not None:
+            self.lora_pool.ready(adapter)           # prefetch
         self.seqs[seq.seq_id] = seq
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq

@@ -48,6 +48,9 @@ class Sequence:
         # exported at finish when export_kv is set; a future because spec-v1 codes it off the engine thread
         self.kv_export: Future[bytes] | None = None
         self.num_preemptions = 0
+        # LoRA: the adapter (lora.pool.PackedAdapter) this request runs with, and its pool slot while running
+        self.adapter = None
+        self.lora_slot = -1
 
     def __len__(self) -> int:
         return len(self.token_ids)

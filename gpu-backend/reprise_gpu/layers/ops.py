@@ -17,6 +17,8 @@ import torch
 
 from ..kernels.rmsnorm import add_rms_norm as _add_rms_norm, add_rms_norm_ref, rms_norm as _rms_norm, rms_norm_ref
 from ..kernels.rope_kv import rope_store_kv as _rope_store_kv, rope_store_kv_ref
+from ..kernels.lora_expand import bgmv_expand, lora_expand_ref, sgmv_expand
+from ..kernels.lora_shrink import bgmv_shrink, lora_shrink_ref, sgmv_shrink
 from ..kernels.silu_mul import silu_mul as _silu_mul, silu_mul_ref
 
 MODES = ("auto", "triton", "reference")
@@ -59,3 +61,20 @@ def rope_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> None:
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
     return (_silu_mul if use_triton(x) else silu_mul_ref)(x)
+
+
+def lora_add(out: torch.Tensor, x: torch.Tensor, lora, layer: int, mod0: int,
+             slices: tuple[tuple[int, int], ...]) -> None:
+    """out += LoRA(x) in place for each token's adapter (layers/linear.py): shrink, then expand; SGMV over
+    prefill segments, BGMV per token for decode; Triton on CUDA, the float32 loops elsewhere."""
+    pool, n = lora.pool[layer], len(slices)
+    if not use_triton(x):
+        y = lora_shrink_ref(x, pool, lora.a_off, lora.ranks, lora.token_slots, mod0, n)
+        lora_expand_ref(out, y, pool, lora.b_off, lora.ranks, lora.scaling, lora.token_slots, mod0, slices)
+    elif lora.segmented:
+        y = sgmv_shrink(x, pool, lora.a_off, lora.ranks, lora.seg_starts, lora.seg_slots, lora.max_seg_len, mod0, n)
+        sgmv_expand(out, y, pool, lora.b_off, lora.ranks, lora.scaling, lora.seg_starts, lora.seg_slots,
+                    lora.max_seg_len, mod0, slices)
+    else:
+        y = bgmv_shrink(x, pool, lora.a_off, lora.ranks, lora.token_slots, mod0, n)
+        bgmv_expand(out, y, pool, lora.b_off, lora.ranks, lora.scaling, lora.token_slots, mod0, slices)

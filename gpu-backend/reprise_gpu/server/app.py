@@ -15,6 +15,7 @@ from ..config import Config
 from ..engine.llm_engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
+from ..lora.registry import AdapterError
 from . import auth
 from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
@@ -108,9 +109,17 @@ async def generate(request: web.Request) -> web.StreamResponse:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
     try:
+        adapter = await _adapter(loop.engine, req)
+    except AdapterError as e:
+        rejected.labels("bad_request").inc()
+        return error(400, "bad_adapter", str(e))
+    except LookupError as e:
+        rejected.labels("bad_request").inc()
+        return error(409, "adapter_needed", str(e))
+    try:
         restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
-                                                                     req.prompt_token_ids)
-        handle = loop.submit(req.prompt_token_ids, params, restored)
+                                                                     req.prompt_token_ids, adapter)
+        handle = loop.submit(req.prompt_token_ids, params, restored, adapter)
         await handle.accepted
     except QueueFull as e:
         rejected.labels("queue_full").inc()
@@ -153,6 +162,21 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if not done:
             loop.abort(handle.seq_id)
     return resp
+
+
+async def _adapter(engine: LLMEngine, req):
+    """The request's LoRA adapter from the host LRU, or parsed (off the event loop) from the files it
+    carries; AdapterError if malformed, LookupError if neither cached nor sent."""
+    if req.adapter is None:
+        return None
+    if engine.adapters is None:
+        raise AdapterError("this backend serves no LoRA adapters")
+    cached = engine.adapters.get(req.adapter)
+    if cached is not None:
+        return cached
+    if req.adapter_files is None:
+        raise LookupError(f"adapter {req.adapter[:16]}... is not cached here; send its files")
+    return await asyncio.get_running_loop().run_in_executor(None, engine.adapters.add, *req.adapter_files, req.adapter)
 
 
 def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool = True,

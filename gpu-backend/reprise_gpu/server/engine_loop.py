@@ -55,6 +55,7 @@ class RequestHandle:
     restored: Restored
     accepted: asyncio.Future
     events: asyncio.Queue = field(default_factory=asyncio.Queue)   # of Event
+    adapter: object = None                      # lora.pool.PackedAdapter or None
 
 
 class EngineLoop:
@@ -89,13 +90,15 @@ class EngineLoop:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored) -> RequestHandle:
-        """Queue a request whose chunks `engine.kv.verify` has checked; `await handle.accepted` raises
-        ValueError/QueueFull if the engine refuses it."""
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored,
+               adapter=None) -> RequestHandle:
+        """Queue a request whose chunks `engine.kv.verify` has checked (with `adapter`, a
+        lora.pool.PackedAdapter, if any); `await handle.accepted` raises ValueError/QueueFull if the
+        engine refuses it."""
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.queue_depth} requests waiting")
         h = RequestHandle(next(self._ids), prompt_token_ids, params, restored,
-                          asyncio.get_running_loop().create_future())
+                          asyncio.get_running_loop().create_future(), adapter=adapter)
         self._adds.append(h)
         self._wake.set()
         return h
@@ -122,7 +125,7 @@ class EngineLoop:
         for h in adds:
             try:
                 self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.restored, export_kv=True,
-                                        seq_id=h.seq_id)
+                                        seq_id=h.seq_id, adapter=h.adapter)
             except (ValueError, QueueFull) as e:
                 if not h.accepted.done():
                     h.accepted.set_exception(e)
