@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codec_spec import FP, corrupt_and_resign, sample
+from test_codec_vectors import DIR as VECTORS
 
 from reprise_gpu.codec.decode_torch import decode_chunk_torch
 from reprise_gpu.codec.format import Status
@@ -21,7 +22,6 @@ from reprise_gpu.codec.spec import FixedPredictions, decode_chunk, encode_chunk
 from reprise_gpu.codec.tables import build_tables, cumulative
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-VECTORS = os.path.join(os.path.dirname(__file__), "vectors")
 
 
 class Tensors:

@@ -1,4 +1,4 @@
-"""The committed spec-v1 test vectors (tests/vectors/, see make_vectors.py): the coder must still
+"""The committed spec-v1 test vectors (vectors/kv-codec/ at the repository root, see make_vectors.py there): the coder must still
 produce exactly these bytes, and decode them back — the contract a wasm or GPU port tests against."""
 
 import hashlib
@@ -13,7 +13,8 @@ from reprise_gpu.codec.rans import rans_encode
 from reprise_gpu.codec.spec import FixedPredictions, decode_chunk, encode_chunk
 from reprise_gpu.codec.tables import phi_table
 
-DIR = os.path.join(os.path.dirname(__file__), "vectors")
+# Neutral folder read by these tests and by the wasm decoder's tests (wasm/tests/).
+DIR = os.path.join(os.path.dirname(__file__), "..", "..", "vectors", "kv-codec")
 MANIFEST = json.load(open(os.path.join(DIR, "manifest.json")))
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine_util import tiny_engine
-from reprise_gpu.engine import kv_io
+from reprise_gpu.engine import kv_io, kv_restore
 from reprise_gpu.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
@@ -92,7 +92,7 @@ def test_exported_chunk_matches_the_cache_bit_for_bit():
     _, _, h, payload = parse(seq.kv_chunk)
     n = len(seq) - 1                                        # the last sampled token has no K/V yet
     assert (h["token_start"], h["token_end"]) == (0, n)
-    assert h["producer"] == eng.runner.producer and "weights=sha256:" in h["producer"]
+    assert h["producer"] == eng.kv.producer and "weights=sha256:" in h["producer"]
     # the same tokens recomputed in a single prefill step give the same bits
     ref = tiny_engine(prefill_chunk_size=64)
     s2 = ref.add_request(seq.token_ids, SamplingParams(max_tokens=1, temperature=0))
@@ -126,7 +126,7 @@ def test_resumed_prefill_computes_only_the_new_tokens():
     resumed = eng.add_request(follow_up, GREEDY, kv_chunks=[first.kv_chunk])
     batch = eng.scheduler.schedule()
     assert batch.seqs == [resumed] and batch.num_new == [len(follow_up) - (len(first) - 1)]
-    eng.runner.restore(resumed)
+    eng.kv.restore(resumed)
 
 
 @pytest.mark.parametrize("corruption", ["flip_payload_bit", "foreign_producer", "garbage"])
@@ -157,11 +157,11 @@ def test_producer_without_installed_package(monkeypatch):
     import reprise_gpu
 
     def missing(name):
-        raise kv_io.metadata.PackageNotFoundError(name)
+        raise kv_restore.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(kv_io.metadata, "version", missing)
-    assert kv_io.package_version() == reprise_gpu.__version__
-    assert kv_io.producer_fingerprint("ab", torch.bfloat16, "cpu").startswith(f"reprise-gpu/{reprise_gpu.__version__};")
+    monkeypatch.setattr(kv_restore.metadata, "version", missing)
+    assert kv_restore.package_version() == reprise_gpu.__version__
+    assert kv_restore.producer_fingerprint("ab", torch.bfloat16, "cpu").startswith(f"reprise-gpu/{reprise_gpu.__version__};")
 
 
 def test_source_version_equals_pyproject():

@@ -53,8 +53,8 @@ def test_spec_chunks_decode_to_the_exact_cache(three_turns):
     r2 = raw.add_request(t2.token_ids, SamplingParams(max_tokens=1, temperature=0), export_kv=True)
     while raw.has_work():
         raw.step()
-    truth = raw.runner.decode_chunk(r2.kv_chunk).kv.view(torch.int16)      # [L, 2, KH, len(t2), D]
-    got = eng.verify_chunks([t1.kv_chunk, t2.kv_chunk], prompt_token_ids=t2.token_ids + [1])
+    truth = raw.kv.parse(r2.kv_chunk).kv.view(torch.int16)      # [L, 2, KH, len(t2), D]
+    got = eng.kv.verify([t1.kv_chunk, t2.kv_chunk], t2.token_ids + [1]).chunks
     assert [(c.token_start, c.token_end) for c in got] == [(0, len(t1) - 1), (len(t1) - 1, len(t2) - 1)]
     for c in got:
         assert torch.equal(c.kv.view(torch.int16), truth[:, :, :, c.token_start:c.token_end])
@@ -91,9 +91,9 @@ def test_undecodable_spec_chunk_ends_the_prefix_and_tokens_are_recomputed(three_
 def test_spec_chunk_from_another_speculator_is_refused(three_turns):
     eng, t1, _ = three_turns
     other = tiny_engine(kv_codec="spec-v1", seed=1)       # other weights: producer differs, refused at parse
-    assert other.verify_chunks([t1.kv_chunk], prompt_token_ids=t1.token_ids) == []
+    assert other.kv.verify([t1.kv_chunk], t1.token_ids).chunks == []
     raw = tiny_engine()                                    # a raw-only backend does not take spec-v1 chunks
-    assert raw.verify_chunks([t1.kv_chunk], prompt_token_ids=t1.token_ids) == []
+    assert raw.kv.verify([t1.kv_chunk], t1.token_ids).chunks == []
 
 
 def test_spec_v1_needs_bf16():
@@ -107,16 +107,16 @@ def test_spec_coding_runs_off_the_engine_thread(monkeypatch):
     """A finished turn's chunk is still being coded while the engine finishes another request."""
     import threading
 
-    from reprise_gpu.engine import kv_spec
+    from reprise_gpu.codec import api as codec_api
 
     eng = tiny_engine(kv_codec="spec-v1")
     gate = threading.Event()
-    real = kv_spec.encode_chunk
+    real = codec_api.encode
 
     def slow_encode(*a, **k):
         gate.wait(30)
         return real(*a, **k)
-    monkeypatch.setattr(kv_spec, "encode_chunk", slow_encode)
+    monkeypatch.setattr(codec_api, "encode", slow_encode)
     first = run_turn(eng, [5, 6, 7, 8, 9])
     assert first.kv_export is not None and not first.kv_export.done()
     other = eng.generate([[1, 2, 3]], GREEDY)[0]             # the engine is not held up by the coding

@@ -176,10 +176,13 @@ def _pack_raw(segments: list[Symbols]) -> bytes:
 
 
 def decode_chunk(data: bytes, predictor: Predictor, *, fingerprint: str, layers: int, kv_heads: int,
-                 head_dim: int, token_start: int, token_end: int) -> Decoded:
-    """Decode a spec-v1 chunk whose shape and range the caller expects; any problem -> a Status."""
+                 head_dim: int, token_start: int, token_end: int, payload_verified: bool = False) -> Decoded:
+    """Decode a spec-v1 chunk whose shape and range the caller expects; any problem -> a Status.
+    payload_verified: the caller has checked these exact bytes already (the container's SHA-256 covers
+    them, trailer included), so the trailer is not hashed again."""
     try:
-        return _decode(bytes(data), predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end)
+        return _decode(bytes(data), predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end,
+                       payload_verified)
     except CodecError as e:
         return Decoded(e.status, None, str(e))
     except (ValueError, IndexError, OverflowError, struct.error) as e:  # hostile bytes we did not foresee
@@ -205,7 +208,7 @@ class Parsed:
 
 
 def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int, token_start: int,
-          token_end: int) -> Parsed | Decoded:
+          token_end: int, payload_verified: bool = False) -> Parsed | Decoded:
     """Every check before the streams: -> Parsed, or a Decoded with the failing status. Raises CodecError
     (or a struct/value error) only for malformed parameter bytes, which decode_chunk turns into CORRUPT."""
     if len(data) < 4 or data[:4] != SPEC_MAGIC:
@@ -237,7 +240,7 @@ def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim
         return Decoded(Status.TRUNCATED, None, f"{len(data)} bytes, header says {total}")
     if len(data) > total:
         return Decoded(Status.CORRUPT, None, "trailing bytes after the chunk")
-    if hashlib.sha256(data[:-TRAILER]).digest() != data[-TRAILER:]:
+    if not payload_verified and hashlib.sha256(data[:-TRAILER]).digest() != data[-TRAILER:]:
         return Decoded(Status.PAYLOAD_CHECKSUM, None, "chunk bytes do not match their SHA-256")
     params = []
     for _ in range(2 * L):
@@ -255,9 +258,10 @@ def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim
                   data[off:off + n_raw], data[off + n_raw:off + n_raw + n_exp], vsha)
 
 
-def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end) -> Decoded:
+def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end,
+            payload_verified) -> Decoded:
     pc = parse(data, fingerprint=fingerprint, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
-               token_start=token_start, token_end=token_end)
+               token_start=token_start, token_end=token_end, payload_verified=payload_verified)
     if isinstance(pc, Decoded):
         return pc
     fp8, phase, L, KH, T, D, lanes, params = pc.fp8, pc.phase, pc.L, pc.KH, pc.T, pc.D, pc.lanes, pc.params

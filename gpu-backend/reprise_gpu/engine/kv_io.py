@@ -3,6 +3,7 @@
 Chunk = b"RPKV" | u16 LE version | u32 LE header length | UTF-8 JSON header | payload.
 Raw codecs store, for each layer, K then V, each [kv_heads, tokens, head_dim], little-endian.
 A chunk is used only after every check passes; otherwise the caller recomputes from token ids.
+Who produced a chunk, coded payloads, restore and export: kv_restore.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 import torch
@@ -35,39 +35,6 @@ class KvChunk:
 
 class ChunkError(ValueError):
     pass
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every parameter and buffer, in name order."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def device_capability(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda-sm{major}{minor}"
-    return device.type
-
-
-def package_version() -> str:
-    """The installed distribution's version, or `reprise_gpu.__version__` when run from a source tree."""
-    try:
-        return metadata.version("reprise-gpu")
-    except Exception:  # PackageNotFoundError from a source tree; broken metadata must not stop the server either
-        from .. import __version__
-        return __version__
-
-
-def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.device | str) -> str:
-    version = package_version()
-    return f"reprise-gpu/{version};weights=sha256:{weights_hash};dtype={str(dtype).removeprefix('torch.')};" \
-           f"device={device_capability(device)}"
 
 
 def _slots(block_table: list[int], block_size: int, start: int, end: int) -> torch.Tensor:
@@ -186,11 +153,3 @@ def restorable_prefix(chunks: list[KvChunk], limit: int) -> tuple[list[KvChunk],
         used.append(c)
         m = min(c.token_end, limit)
     return used, m
-
-
-def restore(kv_cache: torch.Tensor, block_table: list[int], chunks: list[KvChunk], upto: int) -> None:
-    """Write tokens [0, upto) from `chunks` (as chosen by `restorable_prefix`) into the sequence's blocks."""
-    for c in chunks:
-        lo, hi = max(c.token_start, 0), min(c.token_end, upto)
-        if lo < hi:
-            scatter_kv(kv_cache, block_table, lo, c.kv[:, :, :, lo - c.token_start:hi - c.token_start])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,14 +9,11 @@ import torch
 from ..config import Config
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
-from .kv_io import ChunkError, KvChunk, restorable_prefix
-from .kv_spec import decode_prefix
+from .kv_restore import KvRestore, Restored
 from .model_runner import ModelRunner
 from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler
 from .sequence import Sequence, SequenceStatus
-
-log = logging.getLogger(__name__)
 
 __all__ = ["LLMEngine", "StepOutput", "QueueFull", "load_model"]
 
@@ -58,7 +54,9 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, num_blocks=config.num_kv_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
-                                  compile_decode=compile_decode, kv_codec=config.kv_codec)
+                                  compile_decode=compile_decode)
+        self.kv = KvRestore(self.model, self.runner.kv_cache, device=config.device, dtype=config.torch_dtype,
+                            kv_codec=config.kv_codec)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
@@ -69,9 +67,11 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
-                    kv_chunks: list[bytes | KvChunk] = (), export_kv: bool = False, seq_id: int | None = None) -> Sequence:
-        """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn; chunks
-        that fail verification are ignored (their tokens are recomputed). Raises QueueFull or ValueError."""
+                    kv_chunks: list[bytes] | Restored = (), export_kv: bool = False,
+                    seq_id: int | None = None) -> Sequence:
+        """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn (verified
+        here), or what `self.kv.verify` made of them already; chunks that fail verification are ignored
+        (their tokens are recomputed). Raises QueueFull or ValueError."""
         params = params or SamplingParams()
         vocab = self.config.model_args.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
@@ -79,37 +79,13 @@ class LLMEngine:
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        chunks = self.verify_chunks(kv_chunks, seq.seq_id, prompt_token_ids)
-        seq.restored, seq.num_restored = restorable_prefix(chunks, len(seq) - 1)
+        restored = kv_chunks if isinstance(kv_chunks, Restored) else self.kv.verify(list(kv_chunks), prompt_token_ids)
+        seq.restored, seq.num_restored = restored.chunks, min(restored.tokens, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
         self.seqs[seq.seq_id] = seq
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq
-
-    def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None,
-                      prompt_token_ids: list[int] | None = None) -> list[KvChunk]:
-        """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as
-        they are). Coded chunks (spec-v1) need the prompt's token ids and the chunks before them: with
-        `prompt_token_ids` they are decoded, in order, as far as the prompt's restorable prefix goes
-        (seconds per thousand tokens with the NumPy coder: the server calls this off the event loop)."""
-        out = []
-        for i, data in enumerate(kv_chunks):
-            if isinstance(data, KvChunk):
-                out.append(data)
-                continue
-            try:
-                out.append(self.runner.decode_chunk(data))
-            except ChunkError as e:
-                log.info("request %s: KV chunk %d ignored (%s); its tokens are recomputed", seq_id, i, e)
-        if prompt_token_ids is None or all(c.kv is not None for c in out):
-            return out
-        used, _ = restorable_prefix(out, len(prompt_token_ids) - 1)
-        decoded = decode_prefix(self.runner.kv_coder, used, prompt_token_ids)
-        if len(decoded) < len(used):
-            log.info("request %s: coded KV chunk at token %d not decodable; later tokens are recomputed", seq_id,
-                     used[len(decoded)].token_start)
-        return decoded
 
     def abort(self, seq_id: int) -> bool:
         seq = self.seqs.get(seq_id)
@@ -128,7 +104,7 @@ class LLMEngine:
             return []
         for seq in batch.admitted:
             if seq.num_restored:
-                self.runner.restore(seq)
+                self.kv.restore(seq)
         tokens = self.runner.run(batch)
         outputs = []
         for seq, n, tok in zip(batch.seqs, batch.num_new, tokens):
@@ -159,7 +135,7 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.export_kv and reason != "abort" and seq.status is SequenceStatus.RUNNING:
             # K/V exists for every token but the last one sampled
-            seq.kv_export = self.runner.export(seq, seq.num_restored, len(seq) - 1)
+            seq.kv_export = self.kv.export(seq, seq.num_restored, len(seq) - 1)
         self.scheduler.finish(seq, reason)
         self.seqs.pop(seq.seq_id, None)
         self.detok.pop(seq.seq_id, None)

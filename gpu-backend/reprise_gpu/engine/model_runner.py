@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..models.llama import AttnMetadata, alloc_kv_cache
-from . import kv_io
-from .kv_spec import CODEC, SpecKvCoder
 from .block_manager import NULL_BLOCK
 from .sampling import make_generator, sample
 from .scheduler import ScheduledBatch
@@ -72,7 +69,7 @@ class EagerReplay:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, *, num_blocks: int, block_size: int, max_model_len: int,
                  max_num_seqs: int, dtype: torch.dtype, device: torch.device | str, cuda_graphs: bool = True,
-                 compile_decode: bool = False, kv_codec: str = "raw"):
+                 compile_decode: bool = False):
         self.model = model
         self.args = model.args
         self.device = torch.device(device)
@@ -81,9 +78,6 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.kv_cache = alloc_kv_cache(self.args, num_blocks, block_size, dtype, self.device)
-        self._weights_sha256: str | None = None
-        # "raw": chunks carry the cache's own dtype; "spec-v1": coded against the FP8 speculator
-        self.kv_coder = SpecKvCoder(model, self.device) if kv_codec == "spec-v1" else None
         self.graphs: dict[int, DecodeGraph] = {}
         # torch.compile may fuse what is left between the GEMMs and the Triton kernels; it falls back to
         # the eager step if compilation fails.
@@ -291,29 +285,3 @@ class ModelRunner:
             self.compiled, self._decode_fn = False, self.decode_step
             self._decode_fn(ids, pos, attn)
         torch.cuda.synchronize(self.device)
-
-    # ---- KV in and out --------------------------------------------------------------------------
-    @property
-    def producer(self) -> str:
-        if self._weights_sha256 is None:
-            self._weights_sha256 = kv_io.weights_sha256(self.model)
-        return kv_io.producer_fingerprint(self._weights_sha256, self.dtype, self.device)
-
-    def decode_chunk(self, data: bytes) -> kv_io.KvChunk:
-        a = self.args
-        return kv_io.decode_chunk(data, producer=self.producer, layers=a.n_layers, kv_heads=a.n_kv_heads,
-                                  head_dim=a.head_dim, dtype=self.dtype, coded=(CODEC,) if self.kv_coder else ())
-
-    def restore(self, seq: Sequence) -> None:
-        kv_io.restore(self.kv_cache, seq.block_table, seq.restored, seq.num_restored)
-
-    def export(self, seq: Sequence, start: int, end: int) -> Future[bytes]:
-        """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
-        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread."""
-        kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
-        if self.kv_coder is None:
-            done: Future[bytes] = Future()
-            done.set_result(kv_io.encode_chunk(kv, start, self.producer))
-            return done
-        past = kv_io.gather_kv(self.kv_cache, seq.block_table, 0, start) if start else None
-        return self.kv_coder.encode_async(seq.token_ids, past, kv, start, self.producer)

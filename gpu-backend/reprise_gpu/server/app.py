@@ -16,7 +16,7 @@ from ..engine.llm_engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
 from . import auth
-from .engine_loop import EngineLoop
+from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
     try:
-        chunks = await asyncio.get_running_loop().run_in_executor(None, loop.engine.verify_chunks, req.chunks, None,
-                                                                   req.prompt_token_ids)
-        handle = loop.submit(req.prompt_token_ids, params, chunks)
+        restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
+                                                                     req.prompt_token_ids)
+        handle = loop.submit(req.prompt_token_ids, params, restored)
         await handle.accepted
     except QueueFull as e:
         rejected.labels("queue_full").inc()
@@ -130,20 +130,20 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 if request.transport is None or request.transport.is_closing():
                     break
                 continue
-            if ev[0] == "token":
-                await resp.write(json_frame({"type": "token", "id": ev[1], "text": ev[2]}))
-            elif ev[0] == "kv":
+            if isinstance(ev, TokenEvent):
+                await resp.write(json_frame({"type": "token", "id": ev.token_id, "text": ev.text}))
+            elif isinstance(ev, KvEvent):
                 try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
-                    chunk = await asyncio.wrap_future(ev[1])
+                    chunk = await asyncio.wrap_future(ev.chunk)
                 except Exception:
                     log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
                     continue
                 await resp.write(frame(KIND_KV, chunk))
-            elif ev[0] == "done":
-                await resp.write(json_frame({"type": "done", **ev[1]}))
+            elif isinstance(ev, DoneEvent):
+                await resp.write(json_frame({"type": "done", "finish_reason": ev.finish_reason, "usage": ev.usage}))
                 done = True
             else:
-                await resp.write(json_frame({"type": "error", "error": {"code": "internal", "message": ev[1]}}))
+                await resp.write(json_frame({"type": "error", "error": {"code": "internal", "message": ev.message}}))
                 done = True
         if done:
             await resp.write_eof()
@@ -180,7 +180,7 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             if eng is None:
                 eng = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: LLMEngine(config, cuda_graphs=cuda_graphs, compile_decode=compile_decode))
-            await asyncio.get_running_loop().run_in_executor(None, lambda: eng.runner.producer)  # hash weights once
+            await asyncio.get_running_loop().run_in_executor(None, lambda: eng.kv.producer)  # hash weights once
             loop = EngineLoop(eng, config.max_queue)
             loop.start()
             st.loop = loop

@@ -11,10 +11,10 @@ import itertools
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..engine.kv_io import KvChunk
+from ..engine.kv_restore import Restored
 from ..engine.llm_engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
@@ -22,14 +22,39 @@ from ..engine.scheduler import QueueFull
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    text: str                   # text this token releases
+
+
+@dataclass(frozen=True)
+class KvEvent:
+    chunk: Future               # Future[bytes]: spec-v1 chunks may still be coding
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    finish_reason: str
+    usage: dict                 # prompt_tokens, completion_tokens, cached_tokens
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+
+
+Event = TokenEvent | KvEvent | DoneEvent | ErrorEvent
+
+
 @dataclass
 class RequestHandle:
     seq_id: int
     prompt_token_ids: list[int]
     params: SamplingParams
-    chunks: list[KvChunk]
+    restored: Restored
     accepted: asyncio.Future
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)   # ("token", id, text) | ("kv", Future[bytes]) | ("done", dict) | ("error", str)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)   # of Event
 
 
 class EngineLoop:
@@ -64,11 +89,13 @@ class EngineLoop:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, chunks: list[KvChunk]) -> RequestHandle:
-        """Queue a request; `await handle.accepted` raises ValueError/QueueFull if the engine refuses it."""
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored) -> RequestHandle:
+        """Queue a request whose chunks `engine.kv.verify` has checked; `await handle.accepted` raises
+        ValueError/QueueFull if the engine refuses it."""
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.queue_depth} requests waiting")
-        h = RequestHandle(next(self._ids), prompt_token_ids, params, chunks, asyncio.get_running_loop().create_future())
+        h = RequestHandle(next(self._ids), prompt_token_ids, params, restored,
+                          asyncio.get_running_loop().create_future())
         self._adds.append(h)
         self._wake.set()
         return h
@@ -94,7 +121,7 @@ class EngineLoop:
         adds, self._adds = self._adds, []
         for h in adds:
             try:
-                self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.chunks, export_kv=True,
+                self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.restored, export_kv=True,
                                         seq_id=h.seq_id)
             except (ValueError, QueueFull) as e:
                 if not h.accepted.done():
@@ -124,7 +151,7 @@ class EngineLoop:
                 log.exception("engine step failed; failing every request in flight")
                 for seq_id, h in list(self._handles.items()):
                     self.engine.abort(seq_id)
-                    h.events.put_nowait(("error", "internal error in the model step"))
+                    h.events.put_nowait(ErrorEvent("internal error in the model step"))
                 self._handles.clear()
                 continue
             self._recent.append((time.monotonic(), len(outputs)))
@@ -133,15 +160,13 @@ class EngineLoop:
                 h = self._handles.get(out.seq.seq_id)
                 if h is None:
                     continue
-                h.events.put_nowait(("token", out.token_id, out.text))
+                h.events.put_nowait(TokenEvent(out.token_id, out.text))
                 if out.finished:
                     seq = out.seq
                     if seq.kv_export is not None:
-                        h.events.put_nowait(("kv", seq.kv_export))        # a Future: spec-v1 may still be coding
-                    h.events.put_nowait(("done", {
-                        "finish_reason": seq.finish_reason,
-                        "usage": {"prompt_tokens": seq.num_prompt_tokens,
-                                  "completion_tokens": seq.num_completion_tokens,
-                                  "cached_tokens": seq.num_restored}}))
+                        h.events.put_nowait(KvEvent(seq.kv_export))
+                    h.events.put_nowait(DoneEvent(seq.finish_reason, {
+                        "prompt_tokens": seq.num_prompt_tokens, "completion_tokens": seq.num_completion_tokens,
+                        "cached_tokens": seq.num_restored}))
                     self.finished[seq.finish_reason] = self.finished.get(seq.finish_reason, 0) + 1
                     del self._handles[seq.seq_id]

@@ -1,4 +1,4 @@
-"""Write the spec-v1 test vectors (run from gpu-backend/: python tests/vectors/make_vectors.py).
+"""Write the spec-v1 test vectors (from the repository root: gpu-backend/.venv/bin/python vectors/kv-codec/make_vectors.py).
 
 Every file is little-endian raw data described by manifest.json, so a wasm or GPU port can read them
 without NumPy. Cases:
@@ -6,7 +6,8 @@ without NumPy. Cases:
     bf16-*      target BF16 bits (u16) [L, 2, KH, T, D] + float32 predictions -> spec-v1 chunk bytes
     fp8-*       target e4m3 codes (u8) + row exponents (i8) [L, 2, KH, T] + predictions -> chunk bytes
     phi-table   the Q30 Gaussian CDF table the frequency tables are built from (i64)
-tests/test_codec_vectors.py checks that the Python coder still produces exactly these bytes.
+gpu-backend/tests/test_codec_vectors.py checks that the Python coder still produces exactly these bytes;
+wasm/tests/ decode them with the wasm decoder inside workerd.
 Regenerate only with a new SPEC_VERSION.
 """
 

@@ -1,0 +1,217 @@
+"""One home for session KV chunks in and out of the engine: who produced them, how they are coded,
+verification (once per request), restore into the paged cache and export at the end of a turn.
+
+    kv = KvRestore(model, kv_cache, device=..., dtype=..., kv_codec="raw" | "spec-v1")
+    restored = kv.verify(chunk_bytes, prompt_token_ids)   # parse + check + decode, off the event loop
+    kv.restore(seq)                                        # write seq.restored into its blocks
+    future = kv.export(seq, start, end)                    # container bytes of tokens [start, end)
+
+Container format: docs/kv-chunk-format.md (kv_io.py). Coded payloads: docs/kv-codec-format.md
+(codec/api.py picks the NumPy or the tensor/Triton coder by device). A chunk is used only if every check
+passes; anything else ends the restorable prefix there and the rest is recomputed from token ids.
+
+Speculative chunks of tokens [s, e): the FP8 speculator predicts every layer's K/V of those tokens from
+their ids, the exact K/V of [0, s) and, layer by layer, the chunk's own exact K/V (recipe w8a8-kvx). A
+chunk therefore decodes only after every chunk before it, with the same speculator fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import numpy as np
+import torch
+
+from ..codec import api as codec
+from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
+from ..speculator.quantize import create_quantized_state_dict
+from ..speculator.recipe import get_recipe
+from . import kv_io
+from .kv_io import ChunkError, KvChunk
+from .sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+SPEC_CODEC = "spec-v1"
+KV_CODECS = ("raw", SPEC_CODEC)
+
+
+# ---- producer fingerprint ---------------------------------------------------------------------------
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every parameter and buffer, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def device_capability(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-sm{major}{minor}"
+    return device.type
+
+
+def package_version() -> str:
+    """The installed distribution's version, or `reprise_gpu.__version__` when run from a source tree."""
+    try:
+        return metadata.version("reprise-gpu")
+    except Exception:  # PackageNotFoundError from a source tree; broken metadata must not stop the server either
+        from .. import __version__
+        return __version__
+
+
+def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.device | str) -> str:
+    version = package_version()
+    return f"reprise-gpu/{version};weights=sha256:{weights_hash};dtype={str(dtype).removeprefix('torch.')};" \
+           f"device={device_capability(device)}"
+
+
+# ---- the speculative coder ----------------------------------------------------------------------------
+
+class SpecKvCoder:
+    def __init__(self, model: torch.nn.Module, device: torch.device, recipe: str = "w8a8-kvx",
+                 model_name: str = "improved"):
+        """Derives the speculator from the BF16 model's weights (on the CPU, so its digest does not
+        depend on the machine) and runs it on `device`."""
+        self.args = model.args
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
+        self.model_name = model_name
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
+        codec.warm_up(self.spec.device)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @torch.no_grad()
+    def encode_async(self, token_ids: list[int], past: torch.Tensor | None, kv: torch.Tensor, start: int,
+                     producer: str) -> Future[bytes]:
+        """Container bytes for kv (BF16 [L, 2, KH, n, D]) of tokens [start, start + n); past: the exact
+        K/V of [0, start) or None when start == 0. The speculator runs now, on the caller's thread (the
+        GPU work is short and must not race the engine's next step for the cache); the entropy coding
+        runs on this coder's thread, so the engine keeps stepping."""
+        if kv.dtype != torch.bfloat16:
+            raise ValueError("spec-v1 codes BF16 caches")
+        n = kv.shape[3]
+        ids = torch.tensor(token_ids[start:start + n], dtype=torch.long)
+        pred = self.spec.predict_all([SeqInput(ids, start, past)], [kv.float()])[0].cpu().numpy()
+        bits = kv.cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+
+        def code() -> bytes:
+            payload = codec.encode(bits, pred, fingerprint=self.fingerprint, token_start=start, model=self.model_name)
+            return kv_io.encode_container(producer, SPEC_CODEC, tuple(kv.shape), start, payload)
+        return self._encoder.submit(code)
+
+    @torch.no_grad()
+    def decode(self, chunk: KvChunk, token_ids: list[int], past: torch.Tensor | None) -> KvChunk:
+        """The chunk with its K/V decoded (BF16); raises ChunkError for anything that fails. The container
+        has checked the payload's SHA-256 already, so the codec does not hash the same bytes again."""
+        s, e = chunk.token_start, chunk.token_end
+        if e > len(token_ids):
+            raise ChunkError("chunk reaches past the prompt's tokens")
+        if s and (past is None or past.shape[3] != s):
+            raise ChunkError("chunk needs the K/V of every token before it")
+        a = self.args
+        run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)])
+        on_gpu = self.spec.device.type == "cuda"
+        res = codec.decode(chunk.payload, SpeculatorPredictor(run, tensors=on_gpu), fingerprint=self.fingerprint,
+                           layers=a.n_layers, kv_heads=a.n_kv_heads, head_dim=a.head_dim, token_start=s, token_end=e,
+                           device=self.spec.device, payload_verified=True)
+        if not res.ok:
+            raise ChunkError(f"spec-v1: {res.status.name}: {res.message}")
+        kv = torch.from_numpy(res.values.view(np.int16)).view(torch.bfloat16)
+        return KvChunk(s, e, kv)
+
+
+# ---- verify, restore, export ------------------------------------------------------------------------
+
+@dataclass
+class Restored:
+    """The verified, decoded chunks covering tokens [0, tokens) of one prompt, in order."""
+    chunks: list[KvChunk] = field(default_factory=list)
+    tokens: int = 0
+    refused: list[str] = field(default_factory=list)     # why each refused chunk was refused
+
+
+class KvRestore:
+    def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, *, device: torch.device | str,
+                 dtype: torch.dtype, kv_codec: str = "raw"):
+        if kv_codec not in KV_CODECS:
+            raise ValueError(f"kv_codec must be one of {KV_CODECS}")
+        self.model, self.kv_cache = model, kv_cache
+        self.args, self.device, self.dtype = model.args, torch.device(device), dtype
+        self._weights_sha256: str | None = None
+        # "raw": chunks carry the cache's own dtype; "spec-v1": coded against the FP8 speculator
+        self.coder = SpecKvCoder(model, self.device) if kv_codec == SPEC_CODEC else None
+
+    @property
+    def producer(self) -> str:
+        if self._weights_sha256 is None:
+            self._weights_sha256 = weights_sha256(self.model)
+        return producer_fingerprint(self._weights_sha256, self.dtype, self.device)
+
+    def parse(self, data: bytes) -> KvChunk:
+        """One container, checked (producer, shape, payload SHA-256); raw codecs decoded, coded ones not yet."""
+        a = self.args
+        return kv_io.decode_chunk(data, producer=self.producer, layers=a.n_layers, kv_heads=a.n_kv_heads,
+                                  head_dim=a.head_dim, dtype=self.dtype, coded=(SPEC_CODEC,) if self.coder else ())
+
+    def verify(self, kv_chunks: list[bytes], prompt_token_ids: list[int]) -> Restored:
+        """The restorable prefix of `kv_chunks` for this prompt (at most len(prompt) - 1 tokens: the last
+        prompt token is always computed, it yields the first logits). Each chunk is parsed and checked
+        once; coded chunks are decoded in token order and the prefix ends at the first that fails.
+        Seconds per thousand tokens with the NumPy coder: the server calls this off the event loop."""
+        out = Restored()
+        parsed = []
+        for i, data in enumerate(kv_chunks):
+            try:
+                parsed.append(self.parse(data))
+            except ChunkError as e:
+                out.refused.append(f"chunk {i}: {e}")
+        used, _ = kv_io.restorable_prefix(parsed, len(prompt_token_ids) - 1)
+        pieces: list[torch.Tensor] = []        # exact K/V of [0, covered)
+        covered = 0
+        for c in used:
+            if c.kv is None:
+                past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start else None
+                try:
+                    c = self.coder.decode(c, prompt_token_ids, past)
+                except ChunkError as e:
+                    out.refused.append(f"chunk at token {c.token_start}: {e}")
+                    break
+            out.chunks.append(c)
+            if c.token_end > covered:
+                pieces.append(c.kv[:, :, :, covered - c.token_start:])
+                covered = c.token_end
+        out.tokens = min(covered, max(len(prompt_token_ids) - 1, 0))
+        for why in out.refused:
+            log.info("KV %s; its tokens are recomputed", why)
+        return out
+
+    def restore(self, seq: Sequence) -> None:
+        """Write tokens [0, seq.num_restored) from seq.restored into the sequence's blocks."""
+        for c in seq.restored:
+            lo, hi = max(c.token_start, 0), min(c.token_end, seq.num_restored)
+            if lo < hi:
+                kv_io.scatter_kv(self.kv_cache, seq.block_table, lo, c.kv[:, :, :, lo - c.token_start:hi - c.token_start])
+
+    def export(self, seq: Sequence, start: int, end: int) -> Future[bytes]:
+        """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
+        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread."""
+        kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
+        if self.coder is None:
+            done: Future[bytes] = Future()
+            done.set_result(kv_io.encode_chunk(kv, start, self.producer))
+            return done
+        past = kv_io.gather_kv(self.kv_cache, seq.block_table, 0, start) if start else None
+        return self.coder.encode_async(seq.token_ids, past, kv, start, self.producer)
