@@ -9,6 +9,7 @@ import { chat } from "./routes/chat";
 import { models } from "./routes/models";
 import { sessions } from "./routes/sessions";
 import { storage } from "./routes/storage";
+import { metrics } from "./routes/metrics";
 
 /** Body-size limit from MAX_BODY_BYTES (read per request: config lives only in `c.env`). */
 function maxBody(): MiddlewareHandler<AppEnv> {
@@ -29,9 +30,11 @@ function maxBody(): MiddlewareHandler<AppEnv> {
 export const app = new Hono<AppEnv>();
 
 app.use("/v1/*", auth(), rateLimit(), maxBody());
+app.use("/metrics", auth());
 app.route("/v1/chat/completions", chat);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
+app.route("/metrics", metrics);
 // Signed object URLs for the GPU backend: the grant in the query authorizes, not an API key.
 app.route("/storage/v1/objects", storage);
 app.notFound(notFound);

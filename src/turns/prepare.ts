@@ -11,7 +11,10 @@ import { commonPrefix, loadVerifiedChunks } from "../sessions/restore";
 import type { Restored } from "../sessions/restore";
 import { acquireLease, getSession, releaseLease } from "../sessions/store";
 import type { SessionRecord } from "../sessions/store";
-import type { Turn } from "./types";
+import { grantSigner } from "../storage/grants";
+import { fetchesStorage } from "../sessions/granted";
+import { planGrantedTurn } from "./resume";
+import type { Turn, TurnResume } from "./types";
 
 /** SmolLM2's context window: prompt plus completion must fit. */
 export const CONTEXT_TOKENS = 8192;
@@ -50,22 +53,22 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
     const cached = session ? storedPrefix(session, promptIds) : 0;
     const step = { model: req.model, newPrefillTokens: promptIds.length - cached, threshold: prefillThreshold(env) };
     let restored = noRestore();
+    let resume: TurnResume | null = null;
+    const signer = grantSigner(env);
     const gen = await startGeneration(
       candidates(backends, step),
       async (backend) => {
+        const sampling = { maxTokens: req.maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stop: req.stop };
+        if (signer && fetchesStorage(backend)) {
+          // The backend fetches and stores chunks itself: no chunk byte passes through this isolate.
+          const p = await planGrantedTurn(env, signer, backend, req, session, promptIds);
+          restored = { restored: [], kept: p.kept, restoredTokens: 0 };
+          resume = p.resume;
+          return { model: req.model, promptIds, restored: [], sampling, storage: p.storage };
+        }
+        resume = null;
         restored = session ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend) : noRestore();
-        return {
-          model: req.model,
-          promptIds,
-          restored: restored.restored,
-          sampling: {
-            maxTokens: req.maxTokens,
-            temperature: req.temperature,
-            topP: req.topP,
-            seed: req.seed,
-            stop: req.stop,
-          },
-        };
+        return { model: req.model, promptIds, restored: restored.restored, sampling };
       },
       signal,
     );
@@ -79,6 +82,7 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       lease,
       gen,
       restored,
+      resume,
       env,
     };
   } catch (err) {

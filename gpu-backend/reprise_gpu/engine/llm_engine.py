@@ -135,7 +135,11 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.export_kv and reason != "abort" and seq.status is SequenceStatus.RUNNING:
             # K/V exists for every token but the last one sampled
-            seq.kv_export = self.kv.export(seq, seq.num_restored, len(seq) - 1)
+            start = seq.num_restored if seq.export_from is None else seq.export_from
+            end = len(seq) - 1
+            if start < end:
+                seq.kv_exports = [(f or "default", self.kv.export(seq, start, end, f)) for f in seq.export_forms or (None,)]
+                seq.kv_export = seq.kv_exports[0][1]
         self.scheduler.finish(seq, reason)
         self.seqs.pop(seq.seq_id, None)
         self.detok.pop(seq.seq_id, None)

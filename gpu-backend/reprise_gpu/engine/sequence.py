@@ -45,8 +45,12 @@ class Sequence:
         self.restored: list[KvChunk] = []
         self.num_restored = 0
         self.export_kv = False
+        # The exported chunk starts here (None: at num_restored); forms to export: "raw", "coded" (): the engine's codec
+        self.export_from: int | None = None
+        self.export_forms: tuple[str, ...] = ()
         # exported at finish when export_kv is set; a future because spec-v1 codes it off the engine thread
         self.kv_export: Future[bytes] | None = None
+        self.kv_exports: list[tuple[str, Future[bytes]]] = []     # (form, chunk) for each export form
         self.num_preemptions = 0
 
     def __len__(self) -> int:

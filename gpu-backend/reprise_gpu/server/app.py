@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,6 +20,9 @@ from ..engine.scheduler import QueueFull
 from . import auth
 from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
+from .storage_io import restore_granted, store_chunk, turn_stats
+from ..storage.chunk_mac import mac_key
+from ..storage.remote import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,10 @@ class ServerState:
     loop: EngineLoop | None = None       # set once the model is loaded
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     rejected: Counter | None = None
+    refused: Counter | None = None              # granted chunks not used, by reason
+    storage_bytes: Counter | None = None        # bytes fetched / stored through grants
+    http: aiohttp.ClientSession | None = None   # for granted URLs (storage/remote.py)
+    k_mac: bytes = b""                          # chunk-MAC key (storage/chunk_mac.py)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -107,10 +116,19 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if loop is None:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
+    fetched, export, put = None, None, {}
     try:
-        restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
-                                                                     req.prompt_token_ids)
-        handle = loop.submit(req.prompt_token_ids, params, restored)
+        if req.storage is None:
+            restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
+                                                                         req.prompt_token_ids)
+        else:           # the grant path: fetch the session's chunks from storage, store the new one there
+            restored, fetched, export = await restore_granted(st.http, st.k_mac, loop.engine.kv, req.storage,
+                                                              req.prompt_token_ids)
+            put = {form: g for g, form in req.storage.put}
+            for r in fetched.refused:
+                st.refused.labels(r["reason"]).inc()
+        t_submit = time.perf_counter()
+        handle = loop.submit(req.prompt_token_ids, params, restored, export)
         await handle.accepted
     except QueueFull as e:
         rejected.labels("queue_full").inc()
@@ -121,6 +139,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
     resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
     done = False
+    ttft: float | None = None
     try:
         await resp.prepare(request)
         while not done:
@@ -131,6 +150,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if isinstance(ev, TokenEvent):
+                if ttft is None:
+                    ttft = time.perf_counter() - t_submit
                 await resp.write(json_frame({"type": "token", "id": ev.token_id, "text": ev.text}))
             elif isinstance(ev, KvEvent):
                 try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
@@ -138,8 +159,22 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 except Exception:
                     log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
                     continue
-                await resp.write(frame(KIND_KV, chunk))
+                if req.storage is None:
+                    await resp.write(frame(KIND_KV, chunk))
+                    continue
+                try:
+                    stored = await store_chunk(st.http, put[ev.form], chunk, st.k_mac)
+                except StorageError as e:
+                    log.warning("storing the %s chunk failed (%s); the next turn recomputes it", ev.form, e)
+                    await resp.write(json_frame({"type": "kv_store_failed", "key": put[ev.form].key, "reason": e.code}))
+                    continue
+                st.storage_bytes.labels("put").inc(stored["bytes"])
+                await resp.write(json_frame(stored))
             elif isinstance(ev, DoneEvent):
+                if req.storage is not None:
+                    st.storage_bytes.labels("get").inc(fetched.bytes)
+                    await resp.write(json_frame({"type": "stats", "stats": turn_stats(
+                        loop.engine, restored, fetched, ev.usage, ttft)}))
                 await resp.write(json_frame({"type": "done", "finish_reason": ev.finish_reason, "usage": ev.usage}))
                 done = True
             else:
@@ -163,6 +198,11 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
     st.registry.register(EngineCollector(st))
     st.rejected = Counter("reprise_requests_rejected", "requests refused before generation", ["reason"],
                           registry=st.registry)
+    st.refused = Counter("reprise_kv_chunks_refused", "granted KV chunks not used (their tokens recomputed)",
+                         ["reason"], registry=st.registry)
+    st.storage_bytes = Counter("reprise_storage_bytes", "bytes moved through storage grants", ["direction"],
+                               registry=st.registry)
+    st.k_mac = mac_key(config.secret or "")
     app.router.add_post("/v1/generate", generate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -186,9 +226,11 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             st.loop = loop
             log.info("model %s ready on %s", config.model, config.device)
 
+        st.http = aiohttp.ClientSession(auto_decompress=False)
         task = asyncio.create_task(load())
         yield
         task.cancel()
+        await st.http.close()
         if st.loop is not None:
             await st.loop.stop()
 

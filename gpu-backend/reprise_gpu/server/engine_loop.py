@@ -31,6 +31,15 @@ class TokenEvent:
 @dataclass(frozen=True)
 class KvEvent:
     chunk: Future               # Future[bytes]: spec-v1 chunks may still be coding
+    form: str = "default"       # "raw" | "coded" | "default" (the engine's codec)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What a request exports at its end: nothing, or these forms of tokens [start, end of turn)."""
+    enabled: bool = True
+    start: int | None = None            # None: where the restored prefix ends
+    forms: tuple[str, ...] = ()         # () : the engine's codec
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class RequestHandle:
     restored: Restored
     accepted: asyncio.Future
     events: asyncio.Queue = field(default_factory=asyncio.Queue)   # of Event
+    export: ExportSpec = field(default_factory=ExportSpec)
 
 
 class EngineLoop:
@@ -89,13 +99,14 @@ class EngineLoop:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored) -> RequestHandle:
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored,
+               export: ExportSpec | None = None) -> RequestHandle:
         """Queue a request whose chunks `engine.kv.verify` has checked; `await handle.accepted` raises
         ValueError/QueueFull if the engine refuses it."""
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.queue_depth} requests waiting")
         h = RequestHandle(next(self._ids), prompt_token_ids, params, restored,
-                          asyncio.get_running_loop().create_future())
+                          asyncio.get_running_loop().create_future(), export=export or ExportSpec())
         self._adds.append(h)
         self._wake.set()
         return h
@@ -121,8 +132,9 @@ class EngineLoop:
         adds, self._adds = self._adds, []
         for h in adds:
             try:
-                self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.restored, export_kv=True,
-                                        seq_id=h.seq_id)
+                seq = self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.restored,
+                                              export_kv=h.export.enabled, seq_id=h.seq_id)
+                seq.export_from, seq.export_forms = h.export.start, h.export.forms
             except (ValueError, QueueFull) as e:
                 if not h.accepted.done():
                     h.accepted.set_exception(e)
@@ -163,8 +175,8 @@ class EngineLoop:
                 h.events.put_nowait(TokenEvent(out.token_id, out.text))
                 if out.finished:
                     seq = out.seq
-                    if seq.kv_export is not None:
-                        h.events.put_nowait(KvEvent(seq.kv_export))
+                    for form, chunk in seq.kv_exports:
+                        h.events.put_nowait(KvEvent(chunk, form))
                     h.events.put_nowait(DoneEvent(seq.finish_reason, {
                         "prompt_tokens": seq.num_prompt_tokens, "completion_tokens": seq.num_completion_tokens,
                         "cached_tokens": seq.num_restored}))
