@@ -37,6 +37,8 @@ export type Bindings = Omit<
   R2_S3_BUCKET?: string;
   R2_ACCESS_KEY_ID?: string;
   R2_SECRET_ACCESS_KEY?: string;
+  /** Resume policy: "auto" (default, from measured rates) or an override: "recompute", "raw", "coded". */
+  RESUME_POLICY?: string;
 };
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */

@@ -49,6 +49,8 @@ export interface PolicyInput {
   /** Whether the backend can recompute a front while it loads the back (split restores). */
   canSplit: boolean;
   rates: Rates;
+  /** An operator's override (RESUME_POLICY): always this restore when possible, and the matching store. */
+  force?: "recompute" | "raw" | "coded";
 }
 
 export interface Estimates {
@@ -121,8 +123,11 @@ export function decideResume(inp: PolicyInput): ResumeDecision {
   if (est.coded_s !== null) plans.push({ mode: "coded", t: est.coded_s });
   if (est.split_s !== null && split && split.at > 0) plans.push({ mode: "split", t: est.split_s });
   plans.sort((x, y) => x.t - y.t);
-  const best = plans[0]!;
-  const store = storeFor(T + Math.max(0, inp.turnTokens), b, r, inp.canCode);
+  const forced = inp.force ? plans.find((p) => p.mode === inp.force) : undefined;
+  const best = forced ?? plans[0]!;
+  const store = inp.force
+    ? { mode: ({ recompute: "none", raw: "raw", coded: inp.canCode ? "coded" : "raw" } as const)[inp.force], why: `forced (${inp.force})` }
+    : storeFor(T + Math.max(0, inp.turnTokens), b, r, inp.canCode);
   return {
     restore: best.mode,
     tokens: best.mode === "recompute" ? 0 : T,

@@ -31,6 +31,8 @@ export async function planGrantedTurn(
     return { storage: { chunks: [], restoreFrom: 0, exportFrom: 0, put: [] }, kept: [], resume: { decision: null, putKeys: [], rawBytesPerToken: 0 } };
   }
   const rates = await loadRates(env.SESSIONS, backend.name, req.model);
+  // Until a backend has reported its codecs, ask for what the policy wants: one without a coder stores raw.
+  const canCode = rates.updated === 0 || rates.canCode;
   const b = rates.rawBytesPerToken ?? DEFAULT_RAW_BYTES_PER_TOKEN;
   const cand = candidateChunks(session, promptIds, (p) => acceptsProducer(backend, p));
   const decision = decideResume({
@@ -38,16 +40,21 @@ export async function planGrantedTurn(
     turnTokens: promptIds.length - cand.tokens + req.maxTokens,
     rawBytesPerToken: b,
     ranges: cand.ranges,
-    canCode: rates.canCode,
+    canCode,
     canSplit: rates.canSplit,
     rates: rates.rates,
+    ...(forcedPolicy(env.RESUME_POLICY) ? { force: forcedPolicy(env.RESUME_POLICY) } : {}),
   });
   const gp = await grantPlan(signer, env.BLOBS, session, cand, decision, {
-    canCode: rates.canCode,
+    canCode,
     maxNewTokens: promptIds.length - cand.tokens + req.maxTokens,
     rawBytesPerToken: Math.max(b, DEFAULT_RAW_BYTES_PER_TOKEN),
   });
   return { storage: gp.plan, kept: gp.kept, resume: { decision, putKeys: gp.putKeys, rawBytesPerToken: b } };
+}
+
+function forcedPolicy(v: string | undefined): "recompute" | "raw" | "coded" | undefined {
+  return v === "recompute" || v === "raw" || v === "coded" ? v : undefined;
 }
 
 /** Why the backend did not use stored chunks, one reason per refused chunk. */

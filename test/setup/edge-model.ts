@@ -22,10 +22,16 @@ async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<
   await env.BLOBS.put(key, await res.arrayBuffer());
 }
 
-try {
-  await seed(env.EDGE_MODEL_KEY, "model");
-  await seed(modelDataKey(env.EDGE_MODEL_KEY), "data");
-  await seed(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
-} catch (err) {
-  console.warn("edge model not seeded:", err);
+// The tokenizer first and each file on its own: every backend needs the tokenizer (the edge tokenizes
+// for the GPU backend too), so a failed 107 MB weights put must not leave it out.
+for (const [key, file] of [
+  [tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer"],
+  [env.EDGE_MODEL_KEY, "model"],
+  [modelDataKey(env.EDGE_MODEL_KEY), "data"],
+] as const) {
+  try {
+    await seed(key, file);
+  } catch (err) {
+    console.warn(`edge model file ${file} not seeded:`, err);
+  }
 }

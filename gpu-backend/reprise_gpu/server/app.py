@@ -20,9 +20,8 @@ from ..engine.scheduler import QueueFull
 from . import auth
 from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
-from .storage_io import restore_granted, store_chunk, turn_stats
+from .storage_io import GrantedTurn
 from ..storage.chunk_mac import mac_key
-from ..storage.remote import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -116,32 +115,38 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if loop is None:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
-    fetched, export, put = None, None, {}
+    resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+    granted = None
     try:
         if req.storage is None:
             restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
                                                                          req.prompt_token_ids)
-        else:           # the grant path: fetch the session's chunks from storage, store the new one there
-            restored, fetched, export = await restore_granted(st.http, st.k_mac, loop.engine.kv, req.storage,
-                                                              req.prompt_token_ids)
-            put = {form: g for g, form in req.storage.put}
-            for r in fetched.refused:
-                st.refused.labels(r["reason"]).inc()
-        t_submit = time.perf_counter()
-        handle = loop.submit(req.prompt_token_ids, params, restored, export)
-        await handle.accepted
-    except QueueFull as e:
-        rejected.labels("queue_full").inc()
-        return error(503, "queue_full", str(e), headers={"Retry-After": "1"})
-    except ValueError as e:
-        rejected.labels("bad_request").inc()
-        return error(400, "bad_request", str(e))
+            handle = loop.submit(req.prompt_token_ids, params, restored)
+            await handle.accepted
+        else:
+            # The grant path: the headers go out first, since fetching a long session can take a while;
+            # from here on a refusal is an error frame (the edge then tries its next backend).
+            if loop.queue_depth >= loop.max_queue:
+                raise QueueFull(f"{loop.queue_depth} requests waiting")
+            await resp.prepare(request)
+            granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids)
+            handle = loop.submit(req.prompt_token_ids, params, granted.restored, granted.export)
+            await handle.accepted
+    except (QueueFull, ValueError) as e:
+        code, status = ("queue_full", 503) if isinstance(e, QueueFull) else ("bad_request", 400)
+        rejected.labels(code).inc()
+        if resp.prepared:
+            await resp.write(json_frame({"type": "error", "error": {"code": code, "message": str(e)}}))
+            return resp
+        return error(status, code, str(e), headers={"Retry-After": "1"} if status == 503 else None)
+    except (ConnectionResetError, ConnectionError):
+        return resp
 
-    resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
     done = False
-    ttft: float | None = None
+    t_submit = time.perf_counter()
     try:
-        await resp.prepare(request)
+        if not resp.prepared:
+            await resp.prepare(request)
         while not done:
             try:
                 ev = await asyncio.wait_for(handle.events.get(), DISCONNECT_POLL_S)
@@ -150,8 +155,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if isinstance(ev, TokenEvent):
-                if ttft is None:
-                    ttft = time.perf_counter() - t_submit
+                if granted is not None and granted.ttft is None:
+                    granted.ttft = time.perf_counter() - t_submit
                 await resp.write(json_frame({"type": "token", "id": ev.token_id, "text": ev.text}))
             elif isinstance(ev, KvEvent):
                 try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
@@ -159,22 +164,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 except Exception:
                     log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
                     continue
-                if req.storage is None:
-                    await resp.write(frame(KIND_KV, chunk))
-                    continue
-                try:
-                    stored = await store_chunk(st.http, put[ev.form], chunk, st.k_mac)
-                except StorageError as e:
-                    log.warning("storing the %s chunk failed (%s); the next turn recomputes it", ev.form, e)
-                    await resp.write(json_frame({"type": "kv_store_failed", "key": put[ev.form].key, "reason": e.code}))
-                    continue
-                st.storage_bytes.labels("put").inc(stored["bytes"])
-                await resp.write(json_frame(stored))
+                await resp.write(frame(KIND_KV, chunk) if granted is None else json_frame(await granted.store(ev.form, chunk)))
             elif isinstance(ev, DoneEvent):
-                if req.storage is not None:
-                    st.storage_bytes.labels("get").inc(fetched.bytes)
-                    await resp.write(json_frame({"type": "stats", "stats": turn_stats(
-                        loop.engine, restored, fetched, ev.usage, ttft)}))
+                if granted is not None:
+                    await resp.write(json_frame({"type": "stats", "stats": granted.stats(ev.usage)}))
                 await resp.write(json_frame({"type": "done", "finish_reason": ev.finish_reason, "usage": ev.usage}))
                 done = True
             else:

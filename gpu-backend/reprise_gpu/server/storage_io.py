@@ -128,39 +128,61 @@ async def store_chunk(http: aiohttp.ClientSession, grant, container: bytes, k_ma
             "put_s": round(stored.seconds, 6)}
 
 
-async def restore_granted(http: aiohttp.ClientSession, k_mac: bytes | None, kv, spec: StorageSpec,
-                          prompt_token_ids: list[int]):
-    """(Restored, FetchStats, ExportSpec) for a request with grants: the verified prefix of the granted
-    chunks, what the fetches measured, and where the new chunk starts (the edge's chain end when every
-    granted chunk was used, else where the first failure was) in which forms."""
-    from .engine_loop import ExportSpec
-    loop = asyncio.get_running_loop()
-    usable = spec if spec.restore_from == 0 else StorageSpec((), 0, spec.export_from, spec.put)  # no split restores yet
-    feed = ChunkFeed(http, usable, k_mac, loop)
-    try:
-        restored = await loop.run_in_executor(None, kv.verify_stream, iter(feed), prompt_token_ids)
-    finally:
-        feed.cancel()
-    if restored.refused_at is not None:
-        feed.stats.refused.append({"token_start": restored.refused_at[0], "reason": restored.refused_at[1]})
-    granted_end = usable.chunks[-1].token_end if usable.chunks else 0
-    complete = not feed.stats.refused and restored.tokens >= min(granted_end, max(len(prompt_token_ids) - 1, 0))
-    start = spec.export_from if complete else restored.tokens
-    export = ExportSpec(enabled=bool(spec.put), start=start, forms=tuple(form for _, form in spec.put))
-    return restored, feed.stats, export
+@dataclass
+class GrantedTurn:
+    """One request on the grant path: its restored prefix, what fetching measured, where its chunk goes."""
+    st: object                       # app.ServerState (http, k_mac, counters)
+    engine: object                   # LLMEngine
+    restored: object                 # kv_restore.Restored
+    fetched: FetchStats
+    export: object                   # engine_loop.ExportSpec
+    put: dict                        # form -> create Grant
+    ttft: float | None = None        # submit to first token: queueing + prefill of the tokens not restored
 
+    @classmethod
+    async def start(cls, st, engine, spec: StorageSpec, prompt_token_ids: list[int]) -> GrantedTurn:
+        """Fetches and verifies the granted chunks. The new chunk starts at the edge's chain end when every
+        granted chunk was used, else where the first one failed; it is exported in the forms granted."""
+        from .engine_loop import ExportSpec
+        loop = asyncio.get_running_loop()
+        usable = spec if spec.restore_from == 0 else StorageSpec((), 0, spec.export_from, spec.put)  # no split restores yet
+        feed = ChunkFeed(st.http, usable, st.k_mac, loop)
+        try:
+            restored = await loop.run_in_executor(None, engine.kv.verify_stream, iter(feed), prompt_token_ids)
+        finally:
+            feed.cancel()
+        if restored.refused_at is not None:
+            feed.stats.refused.append({"token_start": restored.refused_at[0], "reason": restored.refused_at[1]})
+        for r in feed.stats.refused:
+            st.refused.labels(r["reason"]).inc()
+        st.storage_bytes.labels("get").inc(feed.stats.bytes)
+        granted_end = usable.chunks[-1].token_end if usable.chunks else 0
+        complete = not feed.stats.refused and restored.tokens >= min(granted_end, max(len(prompt_token_ids) - 1, 0))
+        start = spec.export_from if complete else restored.tokens
+        export = ExportSpec(enabled=bool(spec.put), start=start, forms=tuple(form for _, form in spec.put))
+        return cls(st, engine, restored, feed.stats, export, {form: g for g, form in spec.put})
 
-def turn_stats(engine, restored, fetched: FetchStats, usage: dict, ttft: float | None) -> dict:
-    """What the edge's resume policy learns from this turn (its `stats` event)."""
-    a = engine.config.model_args
-    computed = max(0, usage.get("prompt_tokens", 0) - usage.get("cached_tokens", 0))
-    return {
-        "restore": {"tokens": restored.tokens, "chunks": len(restored.chunks), "fetch_bytes": fetched.bytes,
-                    "fetch_s": round(fetched.seconds, 6), "first_byte_s": round(fetched.first_byte_s or 0.0, 6),
-                    "decode_s": round(restored.decode_s, 6), "decoded_bytes": restored.decoded_bytes,
-                    "refused": fetched.refused},
-        "prefill": {"tokens": computed, "s": round(ttft or 0.0, 6)},
-        "codecs": [kv_io.CODECS[engine.config.torch_dtype]] + (["spec-v1"] if engine.kv.coder is not None else []),
-        "split": False,
-        "kv_bytes_per_token": a.n_layers * 2 * a.n_kv_heads * a.head_dim * engine.config.torch_dtype.itemsize,
-    }
+    async def store(self, form: str, container: bytes) -> dict:
+        """Uploads an exported chunk; the `kv_stored` (or `kv_store_failed`) event for the edge."""
+        grant = self.put[form]
+        try:
+            ev = await store_chunk(self.st.http, grant, container, self.st.k_mac)
+        except StorageError as e:
+            log.warning("storing the %s chunk failed (%s); the next turn recomputes it", form, e)
+            return {"type": "kv_store_failed", "key": grant.key, "reason": e.code}
+        self.st.storage_bytes.labels("put").inc(ev["bytes"])
+        return ev
+
+    def stats(self, usage: dict) -> dict:
+        """What the edge's resume policy learns from this turn (its `stats` event)."""
+        a, cfg, r, f = self.engine.config.model_args, self.engine.config, self.restored, self.fetched
+        computed = max(0, usage.get("prompt_tokens", 0) - usage.get("cached_tokens", 0))
+        return {
+            "restore": {"tokens": r.tokens, "chunks": len(r.chunks), "fetch_bytes": f.bytes, "fetch_s": round(f.seconds, 6),
+                        "first_byte_s": round(f.first_byte_s or 0.0, 6), "decode_s": round(r.decode_s, 6),
+                        "decoded_bytes": r.decoded_bytes, "refused": f.refused},
+            "prefill": {"tokens": computed, "s": round(self.ttft or 0.0, 6)},
+            "codecs": [kv_io.CODECS[cfg.torch_dtype]] + (["spec-v1"] if self.engine.kv.coder is not None else []),
+            "split": False,
+            "kv_bytes_per_token": a.n_layers * 2 * a.n_kv_heads * a.head_dim * cfg.torch_dtype.itemsize,
+        }
