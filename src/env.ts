@@ -39,6 +39,8 @@ export type Bindings = Omit<
   R2_SECRET_ACCESS_KEY?: string;
   /** Resume policy: "auto" (default, from measured rates) or an override: "recompute", "raw", "coded". */
   RESUME_POLICY?: string;
+  /** What to store of each turn, overriding the policy: "none", "raw", "coded" or "both". */
+  RESUME_STORE?: string;
 };
 
 /** The API key record that authenticated this request (stored in KV under `key:<sha256>`). */

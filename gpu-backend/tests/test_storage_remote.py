@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from reprise_gpu.storage import remote
@@ -61,6 +62,33 @@ def test_put_then_fetch_streams_exact_bytes_and_never_overwrites():
                 assert e.value.code == "too_large" and "b" not in objects
                 with pytest.raises(StorageError):
                     await put_object(http, grant(f"{base}/o/c"), b"read grants do not write")
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_fetch_asks_for_the_stored_bytes_not_a_compressed_form():
+    """wrangler dev gzips a response for a client that accepts it; the client must ask for identity."""
+    import gzip
+
+    async def main():
+        data = b"compressible " * 10_000
+
+        async def get(request):
+            if "gzip" in request.headers.get("Accept-Encoding", ""):
+                return web.Response(body=gzip.compress(data), headers={"Content-Encoding": "gzip"})
+            return web.Response(body=data)
+        app = web.Application()
+        app.router.add_get("/o", get)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/o"
+                got = await fetch_object(http, grant(url), expect_bytes=len(data))
+                assert got.data == data
         finally:
             await runner.cleanup()
     run(main())

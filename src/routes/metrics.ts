@@ -16,6 +16,7 @@ const RATE_NAMES: Record<string, string> = {
   prefillTokPerS: "prefill_tokens_per_second",
   transferBytesPerS: "transfer_bytes_per_second",
   decodeBytesPerS: "decoder_bytes_per_second",
+  verifyBytesPerS: "verify_bytes_per_second",
   firstByteS: "first_byte_seconds",
   codedRatio: "coded_bytes_per_raw_byte",
 };
@@ -29,20 +30,18 @@ function withLabels(metric: string, labels: string): string {
 }
 
 metrics.get("/", async (c) => {
-  const lines: string[] = [];
-  const types = new Set<string>();
+  // Prometheus wants every sample of a metric family together, after its one TYPE line.
+  const families = new Map<string, { type: string; samples: string[] }>();
+  const add = (base: string, type: string, sample: string) => {
+    if (!families.has(base)) families.set(base, { type, samples: [] });
+    families.get(base)!.samples.push(sample);
+  };
   for (const { backend, model, rec } of await listRateRecords(c.env.SESSIONS)) {
     const labels = `backend="${esc(backend)}",model="${esc(model)}"`;
-    for (const [name, value] of Object.entries(rec.counters).sort()) {
-      const base = name.split("{")[0]!;
-      if (!types.has(base)) lines.push(`# TYPE ${base} counter`);
-      types.add(base);
-      lines.push(`${withLabels(name, labels)} ${value}`);
-    }
-    if (!types.has("reprise_resume_rate")) lines.push("# TYPE reprise_resume_rate gauge");
-    types.add("reprise_resume_rate");
-    for (const [k, v] of Object.entries(rec.rates)) if (typeof v === "number") lines.push(`reprise_resume_rate{${labels},rate="${RATE_NAMES[k] ?? k}"} ${v}`);
-    lines.push(`reprise_resume_can_code{${labels}} ${rec.canCode ? 1 : 0}`);
+    for (const [name, value] of Object.entries(rec.counters).sort()) add(name.split("{")[0]!, "counter", `${withLabels(name, labels)} ${value}`);
+    for (const [k, v] of Object.entries(rec.rates)) if (typeof v === "number") add("reprise_resume_rate", "gauge", `reprise_resume_rate{${labels},rate="${RATE_NAMES[k] ?? k}"} ${v}`);
+    add("reprise_resume_can_code", "gauge", `reprise_resume_can_code{${labels}} ${rec.canCode ? 1 : 0}`);
   }
+  const lines = [...families].flatMap(([base, f]) => [`# TYPE ${base} ${f.type}`, ...f.samples]);
   return c.text(lines.join("\n") + "\n", 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
 });

@@ -28,6 +28,8 @@ export interface TurnStats {
     first_byte_s?: number;
     decode_s?: number;
     decoded_bytes?: number;
+    verify_s?: number;
+    verify_bytes?: number;
     refused?: { token_start: number; reason: string }[];
   };
   prefill?: { tokens?: number; s?: number };
@@ -54,7 +56,7 @@ export interface RateRecord {
 }
 
 export const emptyRateRecord = (): RateRecord => ({
-  rates: { prefillTokPerS: null, transferBytesPerS: null, decodeBytesPerS: null, firstByteS: null, codedRatio: null },
+  rates: { prefillTokPerS: null, transferBytesPerS: null, decodeBytesPerS: null, verifyBytesPerS: null, firstByteS: null, codedRatio: null },
   rawBytesPerToken: null,
   canCode: false,
   canSplit: false,
@@ -113,6 +115,8 @@ export function applyTurn(rec: RateRecord, o: TurnOutcome, now = Date.now()): Ra
   }
   const db = num(res?.decoded_bytes), ds = num(res?.decode_s);
   if (db && ds) r.decodeBytesPerS = ewma(r.decodeBytesPerS, db / ds);
+  const vb = num(res?.verify_bytes), vs = num(res?.verify_s);
+  if (vb && vs && vb >= MIN_TRANSFER_BYTES) r.verifyBytesPerS = ewma(r.verifyBytesPerS, vb / vs);
   for (const st of o.stored)
     if (st.codec !== "raw-bf16" && st.codec !== "raw-f32" && st.tokens > 0 && o.rawBytesPerToken > 0)
       r.codedRatio = ewma(r.codedRatio, st.bytes / (st.tokens * o.rawBytesPerToken));

@@ -4,14 +4,14 @@
  * front), and what to store of the new turn (raw, coded, both or nothing). One pure function of the
  * history, the model's shape and the measured rates; equations in docs/design-notes.md ("Resume policy").
  *
- *   T tokens of history, b_raw = 2 * L * 2 * KH * D bytes/token (BF16), b_cod = coded bytes/token,
- *   P prefill tokens/s, X transfer bytes/s, D decoder bytes/s (BF16 out, speculator included),
- *   ℓ first-byte latency of a fetch, n chunks.
+ *   T tokens of history, b = 2 * L * 2 * KH * D bytes/token (BF16), ρ = coded bytes per raw byte,
+ *   P prefill tokens/s, X transfer bytes/s, V raw verify+restore bytes/s, D decoder bytes/s (BF16 out,
+ *   speculator included), ℓ first-byte latency of a fetch, n chunks; a 2-stage pipeline over n equal
+ *   chunks (fetch of chunk i+1 overlaps the work on chunk i) takes  pipe(F, C) = (F + C)/n + max(F, C)·(n-1)/n.
  *   recompute  t_rc  = T / P
- *   raw        t_raw = ℓ + T·b_raw / X
- *   coded      t_cod = ℓ + (F + C)/n + max(F, C)·(n-1)/n,  F = T·b_cod / X, C = T·b_raw / D
- *              (fetch of chunk i+1 overlaps decode of chunk i; a coded chunk needs the exact KV before it)
- *   split      t_sp  = min over chunk boundaries k of max(k / P, ℓ + (T-k)·b_raw / X)
+ *   raw        t_raw = ℓ + pipe(T·b / X, T·b / V)
+ *   coded      t_cod = ℓ + pipe(T·b·ρ / X, T·b / D)     (a coded chunk needs the exact KV before it)
+ *   split      t_sp  = min over chunk boundaries k of max(k / P, t_raw(T - k))
  *              (the front [0,k) is recomputed while the raw back [k,T) streams in: "compute or load? both")
  */
 
@@ -23,6 +23,8 @@ export interface Rates {
   prefillTokPerS: number | null;
   transferBytesPerS: number | null;
   decodeBytesPerS: number | null;
+  /** Raw chunks verified (SHA-256, container) and copied into the cache, bytes/s. */
+  verifyBytesPerS: number | null;
   firstByteS: number | null;
   /** Coded bytes per BF16 byte, measured from stored chunks (spec-v1 ~0.33). */
   codedRatio: number | null;
@@ -51,6 +53,8 @@ export interface PolicyInput {
   rates: Rates;
   /** An operator's override (RESUME_POLICY): always this restore when possible, and the matching store. */
   force?: "recompute" | "raw" | "coded";
+  /** An operator's override of what to store (RESUME_STORE). */
+  forceStore?: StoreMode;
 }
 
 export interface Estimates {
@@ -82,6 +86,7 @@ export const DEFAULT_RATES: Readonly<Required<{ [K in keyof Rates]: number }>> =
   prefillTokPerS: 2_000,
   transferBytesPerS: 200e6,
   decodeBytesPerS: 20e6,
+  verifyBytesPerS: 1e9,
   firstByteS: 0.005,
   codedRatio: 0.33,
 };
@@ -96,7 +101,7 @@ export const TIE_MARGIN = 0.15;
  * ```ts
  * decideResume({ historyTokens: 4096, turnTokens: 300, rawBytesPerToken: 131072,
  *   ranges: [{ tokenStart: 0, tokenEnd: 4096, raw: false, coded: true }], canCode: true, canSplit: false,
- *   rates: { prefillTokPerS: 37000, transferBytesPerS: 1e9, decodeBytesPerS: 100e9, firstByteS: 0.01, codedRatio: 0.33 } })
+ *   rates: { prefillTokPerS: 37000, transferBytesPerS: 1e9, decodeBytesPerS: 100e9, verifyBytesPerS: 5e9, firstByteS: 0.01, codedRatio: 0.33 } })
  * // { restore: "coded", tokens: 4096, store: "coded", ... }
  * ```
  */
@@ -111,7 +116,7 @@ export function decideResume(inp: PolicyInput): ResumeDecision {
   const allRaw = rawEnd === T;
   const est: Estimates = {
     recompute_s: T / r.prefillTokPerS,
-    raw_s: T > 0 && allRaw ? rawTime(T, b, r) : null,
+    raw_s: T > 0 && allRaw ? rawTime(T, b, r, countChunks(inp.ranges, T)) : null,
     coded_s: T > 0 && codEnd === T && inp.ranges.some((s) => s.coded && s.tokenStart < T) ? codedTime(T, b, r, countChunks(inp.ranges, T)) : null,
     split_s: null,
   };
@@ -125,7 +130,9 @@ export function decideResume(inp: PolicyInput): ResumeDecision {
   plans.sort((x, y) => x.t - y.t);
   const forced = inp.force ? plans.find((p) => p.mode === inp.force) : undefined;
   const best = forced ?? plans[0]!;
-  const store = inp.force
+  const store = inp.forceStore
+    ? { mode: inp.forceStore, why: `forced (${inp.forceStore})` }
+    : inp.force
     ? { mode: ({ recompute: "none", raw: "raw", coded: inp.canCode ? "coded" : "raw" } as const)[inp.force], why: `forced (${inp.force})` }
     : storeFor(T + Math.max(0, inp.turnTokens), b, r, inp.canCode);
   return {
@@ -145,20 +152,26 @@ function isRate(v: number | null | undefined): v is number {
 
 function filled(r: Rates): Required<{ [K in keyof Rates]: number }> {
   const pick = <K extends keyof Rates>(k: K) => (isRate(r[k]) ? (r[k] as number) : DEFAULT_RATES[k]);
-  return { prefillTokPerS: pick("prefillTokPerS"), transferBytesPerS: pick("transferBytesPerS"), decodeBytesPerS: pick("decodeBytesPerS"), firstByteS: pick("firstByteS"), codedRatio: Math.min(1, pick("codedRatio")) };
+  return {
+    prefillTokPerS: pick("prefillTokPerS"), transferBytesPerS: pick("transferBytesPerS"), decodeBytesPerS: pick("decodeBytesPerS"),
+    verifyBytesPerS: pick("verifyBytesPerS"), firstByteS: pick("firstByteS"), codedRatio: Math.min(1, pick("codedRatio")),
+  };
 }
 
 type Filled = ReturnType<typeof filled>;
 
-export function rawTime(T: number, b: number, r: Filled): number {
-  return r.firstByteS + (T * b) / r.transferBytesPerS;
+/** Two stages over n equal chunks, stage 1 of chunk i+1 overlapping stage 2 of chunk i. */
+function pipe(F: number, C: number, n: number): number {
+  const k = Math.max(1, n);
+  return (F + C) / k + (Math.max(F, C) * (k - 1)) / k;
+}
+
+export function rawTime(T: number, b: number, r: Filled, n: number): number {
+  return r.firstByteS + pipe((T * b) / r.transferBytesPerS, (T * b) / r.verifyBytesPerS, n);
 }
 
 export function codedTime(T: number, b: number, r: Filled, n: number): number {
-  const F = (T * b * r.codedRatio) / r.transferBytesPerS;
-  const C = (T * b) / r.decodeBytesPerS;
-  const k = Math.max(1, n);
-  return r.firstByteS + (F + C) / k + (Math.max(F, C) * (k - 1)) / k;
+  return r.firstByteS + pipe((T * b * r.codedRatio) / r.transferBytesPerS, (T * b) / r.decodeBytesPerS, n);
 }
 
 /** End of the run of ranges from token 0 (capped at T) whose every range satisfies `pick`. */
@@ -184,7 +197,7 @@ function bestSplit(ranges: StoredRange[], T: number, b: number, r: Filled): { at
     if (!inside[i]!.raw) break;
     const k = inside[i]!.tokenStart;
     if (i > 0 && inside[i - 1]!.tokenEnd !== k) break;
-    const t = Math.max(k / r.prefillTokPerS, rawTime(T - k, b, r));
+    const t = Math.max(k / r.prefillTokPerS, rawTime(T - k, b, r, inside.length - i));
     if (!best || t < best.time) best = { at: k, time: t };
   }
   return best;
@@ -197,7 +210,7 @@ function bestSplit(ranges: StoredRange[], T: number, b: number, r: Filled): { at
  */
 function storeFor(T2: number, b: number, r: Filled, canCode: boolean): { mode: StoreMode; why: string } {
   const rc = T2 / r.prefillTokPerS;
-  const raw = rawTime(T2, b, r);
+  const raw = rawTime(T2, b, r, 1);
   // The next turn's coded chunks: at least the ones already stored, plus this one; 1 is the pessimistic case.
   const cod = canCode ? codedTime(T2, b, r, 1) : Infinity;
   const best = Math.min(rc, raw, cod);

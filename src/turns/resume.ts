@@ -11,12 +11,15 @@ import { acceptsProducer } from "../sessions/restore";
 import { loadRates, recordTurn } from "../sessions/rates";
 import type { TurnOutcome, TurnStats } from "../sessions/rates";
 import { decideResume } from "../sessions/resume-policy";
+import type { StoreMode } from "../sessions/resume-policy";
 import type { ChunkRef, SessionRecord, SessionResume } from "../sessions/store";
 import type { GrantSigner } from "../storage/grants";
 import type { TurnResume } from "./types";
 
 /** BF16 K/V bytes per token of SmolLM2-135M (30 layers x K,V x 3 heads x 64 x 2 B), until the backend reports its own. */
 export const DEFAULT_RAW_BYTES_PER_TOKEN = 23_040;
+/** Bound on a new chunk's bytes per token while the backend's is unknown: an 8B model's F16 K/V is 128 KiB. */
+export const UNKNOWN_KV_BYTES_BOUND = 256 * 1024;
 
 export async function planGrantedTurn(
   env: Bindings,
@@ -44,17 +47,22 @@ export async function planGrantedTurn(
     canSplit: rates.canSplit,
     rates: rates.rates,
     ...(forcedPolicy(env.RESUME_POLICY) ? { force: forcedPolicy(env.RESUME_POLICY) } : {}),
+    ...(forcedStore(env.RESUME_STORE) ? { forceStore: forcedStore(env.RESUME_STORE) } : {}),
   });
   const gp = await grantPlan(signer, env.BLOBS, session, cand, decision, {
     canCode,
     maxNewTokens: promptIds.length - cand.tokens + req.maxTokens,
-    rawBytesPerToken: Math.max(b, DEFAULT_RAW_BYTES_PER_TOKEN),
+    rawBytesPerToken: rates.rawBytesPerToken ?? UNKNOWN_KV_BYTES_BOUND,
   });
   return { storage: gp.plan, kept: gp.kept, resume: { decision, putKeys: gp.putKeys, rawBytesPerToken: b } };
 }
 
 function forcedPolicy(v: string | undefined): "recompute" | "raw" | "coded" | undefined {
   return v === "recompute" || v === "raw" || v === "coded" ? v : undefined;
+}
+
+function forcedStore(v: string | undefined): StoreMode | undefined {
+  return v === "none" || v === "raw" || v === "coded" || v === "both" ? v : undefined;
 }
 
 /** Why the backend did not use stored chunks, one reason per refused chunk. */

@@ -147,6 +147,8 @@ class Restored:
     refused_at: tuple[int, str] | None = None
     decode_s: float = 0.0                                 # time in the coded decoder (speculator included)
     decoded_bytes: int = 0                                # BF16 K/V bytes it produced
+    verify_s: float = 0.0                                 # time checking containers (SHA-256) and raw payloads
+    verify_bytes: int = 0                                 # container bytes checked
 
 
 def refusal_reason(e: ChunkError) -> str:
@@ -214,12 +216,16 @@ class KvRestore:
         pieces: list[torch.Tensor] = []
         covered = 0
         for data in kv_chunks:
+            t0 = time.perf_counter()
             try:
                 c = self.parse(data)
+                out.verify_bytes += len(data)
             except ChunkError as e:
                 out.refused.append(f"chunk at token {covered}: {e}")
                 out.refused_at = (covered, refusal_reason(e))
                 break
+            finally:
+                out.verify_s += time.perf_counter() - t0
             if c.token_start > covered or covered >= limit:
                 break
             if c.token_end <= covered:

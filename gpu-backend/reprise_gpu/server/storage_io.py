@@ -180,7 +180,8 @@ class GrantedTurn:
         return {
             "restore": {"tokens": r.tokens, "chunks": len(r.chunks), "fetch_bytes": f.bytes, "fetch_s": round(f.seconds, 6),
                         "first_byte_s": round(f.first_byte_s or 0.0, 6), "decode_s": round(r.decode_s, 6),
-                        "decoded_bytes": r.decoded_bytes, "refused": f.refused},
+                        "decoded_bytes": r.decoded_bytes, "verify_s": round(r.verify_s, 6),
+                        "verify_bytes": r.verify_bytes, "refused": f.refused},
             "prefill": {"tokens": computed, "s": round(self.ttft or 0.0, 6)},
             "codecs": [kv_io.CODECS[cfg.torch_dtype]] + (["spec-v1"] if self.engine.kv.coder is not None else []),
             "split": False,
