@@ -20,15 +20,14 @@
 //
 // Writes DIR/heap.jsonl (one line per case) and prints a table; merges worker_peak_heap_MB_1GB_session
 // into bench/results/summary/resume.json.
-import { execFileSync, spawn } from "node:child_process";
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { execFileSync } from "node:child_process";
+import { appendFileSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import WebSocket from "ws";
+import { BUCKET, PY, localStack, root, sleep, wrangler } from "./local_stack.mjs";
 import { mergeSummary } from "./summary.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const { values: opt } = parseArgs({
   options: {
     cases: { type: "string", default: "grant:1000,inline:128,grant:128" },
@@ -43,68 +42,7 @@ const DIR = join(root, ".state/heap-bench");
 const BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2; // llama3-8b-kv, BF16
 const CHUNK_TOKENS = 1024;
 const MB = (b) => +(b / 1e6).toFixed(1);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const wrangler = join(root, "node_modules/.bin/wrangler");
-const PY = join(root, "gpu-backend/.venv/bin/python");
-const BUCKET = /binding\s*=\s*"BLOBS"\s*\n\s*bucket_name\s*=\s*"([^"]+)"/m.exec(readFileSync(join(root, "wrangler.toml"), "utf8"))[1];
-
-async function tokenizer() {
-  const { Tokenizer } = await import(join(root, "node_modules/@huggingface/tokenizers/dist/tokenizers.mjs"));
-  const tok = new Tokenizer(JSON.parse(readFileSync(join(root, ".models/hf/tokenizer.json"), "utf8")), {});
-  return (s) => tok.encode(s, { add_special_tokens: false }).ids;
-}
-
-/** src/edge-model/chat-template.ts, same text. */
-function renderChat(messages, gen) {
-  let out = "";
-  messages.forEach((m, i) => {
-    if (i === 0 && m.role !== "system") out += "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
-    out += `<|im_start|>${m.role}\n${m.content}<|im_end|>\n`;
-  });
-  return gen ? out + "<|im_start|>assistant\n" : out;
-}
-
-async function waitFor(url, ms, ok = (r) => r.status === 200) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    try {
-      if (ok(await fetch(url))) return;
-    } catch {}
-    await sleep(500);
-  }
-  throw new Error(`${url} not up in ${ms} ms`);
-}
-
-function descendants(pid) {
-  const out = [];
-  for (const line of execFileSync("ps", ["-e", "-o", "pid=,ppid=,comm="]).toString().trim().split("\n")) {
-    const [p, pp, comm] = line.trim().split(/\s+/);
-    if (Number(pp) === pid) out.push({ pid: Number(p), comm }, ...descendants(Number(p)));
-  }
-  return out;
-}
-
-function status(pid) {
-  const s = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (k) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? 0) * 1024;
-  return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-}
-
-async function startDev(vars) {
-  const args = ["dev", "--persist-to", DIR, "--ip", "127.0.0.1", "--port", String(PORT), "--inspector-port", opt.inspector, ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`])];
-  const child = spawn(wrangler, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: false });
-  child.stdout.on("data", () => {});
-  child.stderr.on("data", () => {});
-  await waitFor(`http://127.0.0.1:${PORT}/v1/models`, 120_000, (r) => r.status === 401 || r.status === 200);
-  const workerd = descendants(child.pid).find((p) => p.comm === "workerd");
-  return { child, workerd: workerd?.pid };
-}
-
-async function stopDev(dev) {
-  dev.child.kill("SIGINT");
-  await new Promise((r) => dev.child.once("exit", r));
-  await sleep(500);
-}
+const { tokenizer, renderChat, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars, chat } = localStack({ dir: DIR, port: PORT, inspector: Number(opt.inspector) });
 
 /** Samples the isolate's heap over CDP until `stop()`; peak figures in bytes. */
 async function heapSampler() {
@@ -145,16 +83,6 @@ async function heapSampler() {
   };
 }
 
-function kvPut(key, value) {
-  const f = join(DIR, "kv-value.json");
-  writeFileSync(f, value);
-  execFileSync(wrangler, ["kv", "key", "put", key, "--path", f, "--binding", "SESSIONS", "--local", "--persist-to", DIR], { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
-}
-
-function kvGet(key) {
-  return JSON.parse(execFileSync(wrangler, ["kv", "key", "get", key, "--binding", "SESSIONS", "--local", "--persist-to", DIR], { cwd: root }).toString());
-}
-
 /** A session of `mb` MB of stored chunks, written straight into the local KV and R2. */
 async function seedSession(name, mb, producer, encode, withMac) {
   const tokens = Math.ceil((mb * 1e6) / BYTES_PER_TOKEN);
@@ -184,41 +112,21 @@ async function seedSession(name, mb, producer, encode, withMac) {
   return { id, tokens: T, bytes: manifest.reduce((s, c) => s + c.bytes, 0) };
 }
 
-async function chat(key, body) {
-  const t0 = performance.now();
-  const res = await fetch(`http://127.0.0.1:${PORT}/v1/chat/completions`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-    body: JSON.stringify({ model: "smollm2-135m-instruct", temperature: 0, max_tokens: 2, ...body }),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text, seconds: (performance.now() - t0) / 1000 };
-}
-
 async function main() {
   rmSync(DIR, { recursive: true, force: true });
   mkdirSync(DIR, { recursive: true });
   mkdirSync(opt.out, { recursive: true });
-  execFileSync("node", [join(root, "scripts/seed_local_storage.mjs"), "--persist-to", DIR.slice(root.length + 1)], { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
-  const keyFile = join(DIR, "api-key");
-  execFileSync("node", [join(root, "scripts/create_key.mjs"), "--tenant", "bench", "--name", "heap", "--rate-limit", "0", "--save", keyFile, "--persist-to", DIR.slice(root.length + 1)], { cwd: root, stdio: ["ignore", "ignore", "inherit"] });
-  const key = readFileSync(keyFile, "utf8").trim();
-  writeFileSync(join(DIR, "secret"), Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));
-  const backend = spawn(PY, ["-m", "reprise_gpu.server", "--model", "llama3-8b-kv", "--device", "cpu", "--port", String(BACKEND), "--secret-file", join(DIR, "secret"), "--tokenizer", join(root, ".models/hf/tokenizer.json"), "--num-kv-blocks", "560", "--kv-codec", "raw"], { cwd: join(root, "gpu-backend"), stdio: ["ignore", "ignore", "pipe"] });
-  let backendLog = "";
-  backend.stderr.on("data", (d) => {
-    backendLog = (backendLog + d).slice(-20000);
-    appendFileSync(join(DIR, "backend.log"), d);
-  });
+  const key = bootstrap();
+  let backend;
   const encode = await tokenizer();
-  const common = { GPU_BACKEND_URL: `http://127.0.0.1:${BACKEND}`, GPU_BACKEND_SECRET: readFileSync(join(DIR, "secret"), "utf8"), GPU_BACKEND_MODELS: "smollm2-135m-instruct=llama3-8b-kv", GPU_PREFILL_THRESHOLD: "0", RESUME_POLICY: "raw" };
-  const grants = { STORAGE_GRANTS: "worker", STORAGE_GRANT_ORIGIN: `http://127.0.0.1:${PORT}`, STORAGE_GRANT_SECRET: Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex") };
+  const common = edgeVars(BACKEND, false, { GPU_BACKEND_MODELS: "smollm2-135m-instruct=llama3-8b-kv", RESUME_POLICY: "raw" });
+  const grants = edgeVars(BACKEND, true, { GPU_BACKEND_MODELS: "smollm2-135m-instruct=llama3-8b-kv", RESUME_POLICY: "raw" });
   const rows = [];
   try {
-    await waitFor(`http://127.0.0.1:${BACKEND}/readyz`, 600_000);
+    backend = await startBackend(BACKEND, ["--model", "llama3-8b-kv", "--num-kv-blocks", "560", "--kv-codec", "raw"]);
     // One real turn: its chunk record carries the backend's producer fingerprint, and its token ids
     // check that this script tokenizes exactly as the edge does.
-    let dev = await startDev({ ...common, ...grants });
+    let dev = await startDev(grants);
     const sid = JSON.parse((await (await fetch(`http://127.0.0.1:${PORT}/v1/sessions`, { method: "POST", headers: { authorization: `Bearer ${key}` } })).text())).id;
     const first = await chat(key, { session_id: sid, messages: [{ role: "user", content: "Hi" }] });
     if (first.status !== 200) throw new Error(`first turn: ${first.status} ${first.body}`);
@@ -231,7 +139,7 @@ async function main() {
       const [path, mbText] = spec.split(":");
       const mb = Number(mbText);
       const s = await seedSession(`${path}${mb}`, mb, producer, encode, path === "grant");
-      dev = await startDev(path === "grant" ? { ...common, ...grants } : common);
+      dev = await startDev(path === "grant" ? grants : common);
       const before = dev.workerd ? status(dev.workerd) : null;
       const sampler = await heapSampler();
       const r = await chat(key, { session_id: s.id, messages: [{ role: "user", content: "Summarize." }] });
@@ -253,10 +161,10 @@ async function main() {
       console.error(JSON.stringify(row));
     }
   } catch (err) {
-    console.error(err, "\nbackend log tail:\n", backendLog.slice(-3000));
+    console.error(err, `\nbackend log: ${join(DIR, "backend.log")}`);
     process.exitCode = 1;
   } finally {
-    backend.kill("SIGTERM");
+    backend?.kill("SIGTERM");
   }
   console.log("| path | stored MB | tokens | cached | s | heap used peak MB | backing peak MB | used+backing peak MB | workerd HWM MB |");
   console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");

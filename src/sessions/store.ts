@@ -62,6 +62,8 @@ export interface SessionResume {
     estimates: Record<string, number | null>;
     reason: string;
     fallbacks: string[];
+    /** What the backend measured in that turn (its `stats` event, src/sessions/rates.ts TurnStats). */
+    measured: Record<string, number> | null;
   } | null;
   counters: Record<string, number>;
 }

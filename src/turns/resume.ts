@@ -84,6 +84,15 @@ export function turnOutcome(resume: TurnResume, stats: TurnStats | null, stored:
   };
 }
 
+/** The numbers of a turn's stats, flat: restore.fetch_s -> fetch_s, prefill.s -> prefill_s. */
+function measuredOf(stats: TurnStats | null): Record<string, number> | null {
+  if (!stats) return null;
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(stats.restore ?? {})) if (typeof v === "number") out[k] = v;
+  for (const [k, v] of Object.entries(stats.prefill ?? {})) if (typeof v === "number") out[`prefill_${k}`] = v;
+  return out;
+}
+
 /** The session's `resume` field after this turn. */
 export function sessionResume(prev: SessionResume | undefined, o: TurnOutcome): SessionResume {
   const counters = { ...(prev?.counters ?? {}) };
@@ -98,7 +107,7 @@ export function sessionResume(prev: SessionResume | undefined, o: TurnOutcome): 
   const d = o.decision;
   return {
     last: d
-      ? { restore: d.restore, store: d.store, restoredTokens: o.restoredTokens, computedTokens: o.computedTokens, estimates: { ...d.estimates }, reason: d.reason, fallbacks: o.fallbacks }
+      ? { restore: d.restore, store: d.store, restoredTokens: o.restoredTokens, computedTokens: o.computedTokens, estimates: { ...d.estimates }, reason: d.reason, fallbacks: o.fallbacks, measured: measuredOf(o.stats) }
       : null,
     counters,
   };

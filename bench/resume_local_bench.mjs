@@ -1,0 +1,86 @@
+#!/usr/bin/env node
+// Resume time to first token through the real local path: wrangler dev (workerd with R2), the Worker's
+// policy and grants, the GPU backend on CPU fetching chunks through the Worker's signed route. Per
+// history length one session is built by a real turn that stores both forms (raw-bf16 and spec-v1);
+// three copies of its record then resume the same next turn, one each way (RESUME_POLICY=recompute,
+// raw, coded; nothing stored). TTFT is measured at the client (first byte of the streamed reply).
+//
+//   node bench/resume_local_bench.mjs [--history 256,1024] [--out DIR]
+//
+// Writes DIR/resume.jsonl in the rows bench/resume_policy_picks.mjs reads: a measurement row per
+// history (bytes, the backend's measured rates of each way) and a `ttft` cell at the storage rate this
+// path measured; then run `node bench/resume_policy_picks.mjs DIR/resume.jsonl` for the picks.
+import { appendFileSync, mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { localStack, root } from "./local_stack.mjs";
+
+const { values: opt } = parseArgs({
+  options: {
+    history: { type: "string", default: "256,1024" },
+    out: { type: "string", default: join(root, "bench/results/resume-local-cpu-2026-12-01") },
+    port: { type: "string", default: "8852" },
+    backend: { type: "string", default: "8857" },
+  },
+});
+const DIR = join(root, ".state/resume-bench");
+const PORT = Number(opt.port), BACKEND = Number(opt.backend);
+const st = localStack({ dir: DIR, port: PORT, inspector: 9352 });
+const SENTENCE = "The lighthouse keeper climbed the stairs each evening, counting the steps and the ships. ";
+
+async function main() {
+  rmSync(DIR, { recursive: true, force: true });
+  mkdirSync(DIR, { recursive: true });
+  mkdirSync(opt.out, { recursive: true });
+  const key = st.bootstrap();
+  const encode = await st.tokenizer();
+  const backend = await st.startBackend(BACKEND, ["--model", "smollm2-135m", "--kv-codec", "spec-v1"]);
+  const out = join(opt.out, "resume.jsonl");
+  try {
+    for (const H of opt.history.split(",").map(Number)) {
+      let reps = 1;
+      while (encode(st.renderChat([{ role: "user", content: SENTENCE.repeat(reps) }], true)).length < H) reps++;
+      let dev = await st.startDev(st.edgeVars(BACKEND, true, { RESUME_POLICY: "recompute", RESUME_STORE: "both" }));
+      const sid = (await (await fetch(`http://127.0.0.1:${PORT}/v1/sessions`, { method: "POST", headers: { authorization: `Bearer ${key}` } })).json()).id;
+      const first = await st.chat(key, { session_id: sid, max_tokens: 8, messages: [{ role: "user", content: SENTENCE.repeat(reps) }] });
+      if (first.status !== 200) throw new Error(`first turn ${first.status}: ${first.body.slice(0, 300)}`);
+      await st.stopDev(dev);
+      const rec = st.kvGet(`session:${sid}`);
+      const c = rec.chunks[0];
+      if (!c?.alt) throw new Error("the first turn did not store both forms");
+      const forms = { [c.codec]: c.bytes, [c.alt.codec]: c.alt.bytes };
+      const ways = {};
+      for (const way of ["recompute", "raw", "coded"]) {
+        st.kvPut(`session:${sid}-${way}`, JSON.stringify({ ...rec, id: `${sid}-${way}` }));
+        dev = await st.startDev(st.edgeVars(BACKEND, true, { RESUME_POLICY: way, RESUME_STORE: "none" }));
+        const r = await st.chat(key, { session_id: `${sid}-${way}`, stream: true, max_tokens: 4, messages: [{ role: "user", content: "Go on." }] });
+        const view = await st.get(key, `/v1/sessions/${sid}-${way}`);
+        await st.stopDev(dev);
+        if (r.status !== 200) throw new Error(`${way} ${r.status}: ${r.body.slice(0, 300)}`);
+        ways[way] = { ttft_s: r.ttft_s, last: view.resume.last };
+        console.error(way, H, r.ttft_s, JSON.stringify(view.resume.last.measured));
+      }
+      const raw = ways.raw.last.measured, coded = ways.coded.last.measured;
+      const X = raw.fetch_bytes / Math.max(raw.fetch_s - raw.first_byte_s, 1e-6);
+      const T = c.tokenEnd;
+      const m = {
+        bench: "resume_local", date: new Date().toISOString(), path: "local (workerd + R2 via the Worker route, backend on CPU)",
+        model: "smollm2-135m", history_tokens: T, new_tokens: ways.raw.last.computedTokens, chunks: 1,
+        raw_bytes: forms["raw-bf16"], coded_bytes: forms["spec-v1"], bf16_bytes: T * 30 * 2 * 3 * 64 * 2,
+        recompute_s: ways.recompute.ttft_s, raw_compute_s: Math.max(ways.raw.ttft_s - raw.fetch_s, 1e-6), coded_compute_s: Math.max(ways.coded.ttft_s - coded.fetch_s, 1e-6),
+        prefill_tokens_per_s: (T + ways.recompute.last.computedTokens - T) / ways.recompute.last.measured.prefill_s,
+        first_byte_s: raw.first_byte_s, measured: { recompute: ways.recompute.last.measured, raw, coded },
+      };
+      const cell = { section: "ttft", path: "local", model: "smollm2-135m", history_tokens: T, storage_GBps: +(X / 1e9).toFixed(3), recompute_s: ways.recompute.ttft_s, raw_s: ways.raw.ttft_s, coded_s: ways.coded.ttft_s };
+      appendFileSync(out, JSON.stringify(m) + "\n" + JSON.stringify(cell) + "\n");
+      console.log(JSON.stringify(cell));
+    }
+  } finally {
+    backend.kill("SIGTERM");
+  }
+}
+
+main().catch((e) => {
+  console.error(e, `\nbackend log: ${join(DIR, "backend.log")}`);
+  process.exitCode = 1;
+});
