@@ -42,12 +42,13 @@ async function main() {
       while (encode(st.renderChat([{ role: "user", content: SENTENCE.repeat(reps) }], true)).length < H) reps++;
       let dev = await st.startDev(st.edgeVars(BACKEND, true, { RESUME_POLICY: "recompute", RESUME_STORE: "both" }));
       const sid = (await (await fetch(`http://127.0.0.1:${PORT}/v1/sessions`, { method: "POST", headers: { authorization: `Bearer ${key}` } })).json()).id;
-      const first = await st.chat(key, { session_id: sid, max_tokens: 8, messages: [{ role: "user", content: SENTENCE.repeat(reps) }] });
+      // Streamed, so bytes flow while the CPU prefills and codes (wrangler dev drops a request that stays silent for long).
+      const first = await st.chat(key, { session_id: sid, stream: true, max_tokens: 8, messages: [{ role: "user", content: SENTENCE.repeat(reps) }] });
       if (first.status !== 200) throw new Error(`first turn ${first.status}: ${first.body.slice(0, 300)}`);
       await st.stopDev(dev);
       const rec = st.kvGet(`session:${sid}`);
       const c = rec.chunks[0];
-      if (!c?.alt) throw new Error("the first turn did not store both forms");
+      if (!c?.alt) throw new Error(`the first turn did not store both forms: ${first.body.slice(-300)}`);
       const forms = { [c.codec]: c.bytes, [c.alt.codec]: c.alt.bytes };
       const ways = {};
       for (const way of ["recompute", "raw", "coded"]) {

@@ -37,7 +37,7 @@ export type Bindings = Omit<
   R2_S3_BUCKET?: string;
   R2_ACCESS_KEY_ID?: string;
   R2_SECRET_ACCESS_KEY?: string;
-  /** Resume policy: "auto" (default, from measured rates) or an override: "recompute", "raw", "coded". */
+  /** Resume policy: "auto" (default, from measured rates) or an override: "recompute", "raw", "coded", "split". */
   RESUME_POLICY?: string;
   /** What to store of each turn, overriding the policy: "none", "raw", "coded" or "both". */
   RESUME_STORE?: string;

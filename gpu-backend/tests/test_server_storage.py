@@ -63,7 +63,7 @@ def ids(evs):
     return [e["id"] for e in of(evs, "token")]
 
 
-@pytest.mark.parametrize("kv_codec,forms", [("raw", ["raw"]), ("spec-v1", ["coded"]), ("spec-v1", ["coded", "raw"])])
+@pytest.mark.parametrize("kv_codec,forms", [("raw", ["raw"]), ("spec-v1", ["coded", "raw"])])
 def test_store_then_resume_from_storage(kv_codec, forms):
     async def t(turn, base, objects, eng, client):
         keys = ["s/0.kv", "s/0.alt.kv"][:len(forms)]
@@ -158,3 +158,34 @@ def test_malformed_storage_is_400(storage):
         r = await client.post("/v1/generate", data=b, headers=h)
         assert r.status == 400 and (await r.json())["error"]["code"] == "bad_request"
     scenario(t)
+
+
+@pytest.mark.parametrize("fault", [None, "flip"])
+def test_split_restore_computes_the_front_while_the_back_loads(fault):
+    """restore_from k: tokens [0, k) are prefilled while the chunk of [k, T) is fetched, then attached;
+    the answer is the full recompute's, and a bad back chunk only means more is computed."""
+    async def t(turn, base, objects, eng, client):
+        t1 = await turn(PROMPT, {"chunks": [], "export_from": 0, "put": [put(base, "s/0.kv")]})
+        p2 = PROMPT + ids(t1) + [3, 1, 4]
+        t2 = await turn(p2, {"chunks": [chunk_ref(base, of(t1, "kv_stored")[0])], "export_from": 26,
+                             "put": [put(base, "s/1.kv")]})
+        back = of(t2, "kv_stored")[0]
+        k, T = back["token_start"], back["token_end"]
+        if fault:
+            objects["s/1.kv"] = objects["s/1.kv"][:-1] + bytes([objects["s/1.kv"][-1] ^ 1])
+        p3 = p2 + ids(t2) + [7, 7]
+        full = await turn(p3, {"chunks": [], "export_from": 0, "put": []})
+        got = await turn(p3, {"chunks": [chunk_ref(base, back)], "restore_from": k, "export_from": T,
+                              "put": [put(base, "s/2.kv")]})
+        assert ids(got) == ids(full)
+        usage = of(got, "done")[0]["usage"]
+        new = of(got, "kv_stored")[0]
+        if fault:
+            assert usage["cached_tokens"] == 0
+            assert of(got, "stats")[0]["stats"]["restore"]["refused"] == [{"token_start": k, "reason": "corrupt"}]
+            assert new["token_start"] == k          # the edge keeps [0, k); the new chunk covers the rest
+        else:
+            assert usage["cached_tokens"] == T - k
+            assert new["token_start"] == T
+        assert eng.block_manager.num_used == 0
+    scenario(t, prefill_chunk_size=8)

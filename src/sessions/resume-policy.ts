@@ -52,7 +52,7 @@ export interface PolicyInput {
   canSplit: boolean;
   rates: Rates;
   /** An operator's override (RESUME_POLICY): always this restore when possible, and the matching store. */
-  force?: "recompute" | "raw" | "coded";
+  force?: "recompute" | "raw" | "coded" | "split";
   /** An operator's override of what to store (RESUME_STORE). */
   forceStore?: StoreMode;
 }
@@ -133,7 +133,7 @@ export function decideResume(inp: PolicyInput): ResumeDecision {
   const store = inp.forceStore
     ? { mode: inp.forceStore, why: `forced (${inp.forceStore})` }
     : inp.force
-    ? { mode: ({ recompute: "none", raw: "raw", coded: inp.canCode ? "coded" : "raw" } as const)[inp.force], why: `forced (${inp.force})` }
+    ? { mode: ({ recompute: "none", raw: "raw", split: "raw", coded: inp.canCode ? "coded" : "raw" } as const)[inp.force], why: `forced (${inp.force})` }
     : storeFor(T + Math.max(0, inp.turnTokens), b, r, inp.canCode);
   return {
     restore: best.mode,

@@ -57,8 +57,8 @@ export async function planGrantedTurn(
   return { storage: gp.plan, kept: gp.kept, resume: { decision, putKeys: gp.putKeys, rawBytesPerToken: b } };
 }
 
-function forcedPolicy(v: string | undefined): "recompute" | "raw" | "coded" | undefined {
-  return v === "recompute" || v === "raw" || v === "coded" ? v : undefined;
+function forcedPolicy(v: string | undefined): "recompute" | "raw" | "coded" | "split" | undefined {
+  return v === "recompute" || v === "raw" || v === "coded" || v === "split" ? v : undefined;
 }
 
 function forcedStore(v: string | undefined): StoreMode | undefined {

@@ -206,15 +206,17 @@ class KvRestore:
                 break
         return self._done(out, prompt_token_ids)
 
-    def verify_stream(self, kv_chunks: Iterable[bytes], prompt_token_ids: list[int]) -> Restored:
+    def verify_stream(self, kv_chunks: Iterable[bytes], prompt_token_ids: list[int], start: int = 0) -> Restored:
         """`verify` for chunks that arrive in token order while they are still being fetched (the
         grant path, server/storage_io.py): each is parsed and decoded as soon as it is here, so the
         fetch of chunk i+1 overlaps the speculator and decoder of chunk i. The iterator ends early
-        (or raises StopIteration) where a chunk could not be fetched; the prefix ends there too."""
+        (or raises StopIteration) where a chunk could not be fetched; the prefix ends there too.
+        `start` > 0: the chunks cover [start, …) and tokens before it are computed (a split restore of
+        raw chunks; a coded chunk there lacks its past and is refused)."""
         out = Restored()
         limit = len(prompt_token_ids) - 1
         pieces: list[torch.Tensor] = []
-        covered = 0
+        covered = start
         for data in kv_chunks:
             t0 = time.perf_counter()
             try:
@@ -239,7 +241,7 @@ class KvRestore:
               prompt_token_ids: list[int]) -> int:
         """Decodes `c` if it is coded and appends it; the new covered end, or -1 when it fails."""
         if c.kv is None:
-            past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start else None
+            past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start and pieces else None
             t0 = time.perf_counter()
             try:
                 c = self.coder.decode(c, prompt_token_ids, past)

@@ -44,6 +44,11 @@ class Sequence:
         # Verified KV chunks covering [0, num_restored): written into fresh blocks when admitted.
         self.restored: list[KvChunk] = []
         self.num_restored = 0
+        # A split restore ("compute or load? both"): tokens [0, restore_at) are prefilled while the
+        # chunks of [restore_at, num_restored) still load; at restore_at the prefill waits until they are
+        # attached (restore_pending False), then jumps to num_restored.
+        self.restore_at = 0
+        self.restore_pending = False
         self.export_kv = False
         # The exported chunk starts here (None: at num_restored); forms to export: "raw", "coded" (): the engine's codec
         self.export_from: int | None = None

@@ -18,7 +18,8 @@ from ..engine.llm_engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
 from . import auth
-from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
+from ..engine.kv_restore import Restored
+from .engine_loop import DoneEvent, EngineLoop, ExportSpec, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
 from .storage_io import GrantedTurn
 from ..storage.chunk_mac import mac_key
@@ -129,9 +130,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
             if loop.queue_depth >= loop.max_queue:
                 raise QueueFull(f"{loop.queue_depth} requests waiting")
             await resp.prepare(request)
-            granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids)
-            handle = loop.submit(req.prompt_token_ids, params, granted.restored, granted.export)
-            await handle.accepted
+            if req.storage.restore_from:
+                # Split ("compute or load? both"): prefill [0, k) now, attach [k, …) when it has loaded.
+                forms = tuple(form for _, form in req.storage.put)
+                handle = loop.submit(req.prompt_token_ids, params, Restored(), ExportSpec(bool(forms), None, forms),
+                                     restore_at=req.storage.restore_from)
+                await handle.accepted
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids)
+                loop.attach(handle.seq_id, granted.restored, granted.export.start)
+            else:
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids)
+                handle = loop.submit(req.prompt_token_ids, params, granted.restored, granted.export)
+                await handle.accepted
     except (QueueFull, ValueError) as e:
         code, status = ("queue_full", 503) if isinstance(e, QueueFull) else ("bad_request", 400)
         rejected.labels(code).inc()

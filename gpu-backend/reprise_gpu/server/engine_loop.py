@@ -65,6 +65,7 @@ class RequestHandle:
     accepted: asyncio.Future
     events: asyncio.Queue = field(default_factory=asyncio.Queue)   # of Event
     export: ExportSpec = field(default_factory=ExportSpec)
+    restore_at: int = 0          # > 0: a split restore, its loaded half attached later (attach)
 
 
 class EngineLoop:
@@ -76,6 +77,7 @@ class EngineLoop:
         self._ids = itertools.count(1)
         self._adds: list[RequestHandle] = []
         self._aborts: list[int] = []
+        self._attaches: list[tuple[int, Restored, int | None]] = []
         self._handles: dict[int, RequestHandle] = {}
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
@@ -100,19 +102,25 @@ class EngineLoop:
         return sum(n for _, n in self._recent) / self.TPS_WINDOW_S
 
     def submit(self, prompt_token_ids: list[int], params: SamplingParams, restored: Restored,
-               export: ExportSpec | None = None) -> RequestHandle:
+               export: ExportSpec | None = None, restore_at: int = 0) -> RequestHandle:
         """Queue a request whose chunks `engine.kv.verify` has checked; `await handle.accepted` raises
         ValueError/QueueFull if the engine refuses it."""
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.queue_depth} requests waiting")
         h = RequestHandle(next(self._ids), prompt_token_ids, params, restored,
-                          asyncio.get_running_loop().create_future(), export=export or ExportSpec())
+                          asyncio.get_running_loop().create_future(), export=export or ExportSpec(),
+                          restore_at=restore_at)
         self._adds.append(h)
         self._wake.set()
         return h
 
     def abort(self, seq_id: int) -> None:
         self._aborts.append(seq_id)
+        self._wake.set()
+
+    def attach(self, seq_id: int, restored: Restored, export_start: int | None) -> None:
+        """The loaded half of a split restore (and where its new chunk starts), applied between steps."""
+        self._attaches.append((seq_id, restored, export_start))
         self._wake.set()
 
     # ---- loop side ------------------------------------------------------------------------------
@@ -135,6 +143,7 @@ class EngineLoop:
                 seq = self.engine.add_request(h.prompt_token_ids, h.params, kv_chunks=h.restored,
                                               export_kv=h.export.enabled, seq_id=h.seq_id)
                 seq.export_from, seq.export_forms = h.export.start, h.export.forms
+                seq.restore_at, seq.restore_pending = h.restore_at, h.restore_at > 0
             except (ValueError, QueueFull) as e:
                 if not h.accepted.done():
                     h.accepted.set_exception(e)
@@ -142,6 +151,12 @@ class EngineLoop:
             self._handles[h.seq_id] = h
             if not h.accepted.done():
                 h.accepted.set_result(h.seq_id)
+        attaches, self._attaches = self._attaches, []
+        for seq_id, restored, export_start in attaches:
+            seq = self.engine.seqs.get(seq_id)
+            if seq is not None:
+                seq.export_from = export_start
+                self.engine.attach_restored(seq_id, restored)
         aborts, self._aborts = self._aborts, []
         for seq_id in aborts:
             if self.engine.abort(seq_id):
@@ -154,7 +169,7 @@ class EngineLoop:
             self._apply()
             if not self.engine.has_work():
                 self._wake.clear()
-                if not (self._adds or self._aborts):
+                if not (self._adds or self._aborts or self._attaches):
                     await self._wake.wait()
                 continue
             try:
@@ -166,6 +181,12 @@ class EngineLoop:
                     h.events.put_nowait(ErrorEvent("internal error in the model step"))
                 self._handles.clear()
                 continue
+            if self.engine.idle:             # work exists but none can run yet: wait for an attach, not a spin
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
             self._recent.append((time.monotonic(), len(outputs)))
             self.generated_tokens += len(outputs)
             for out in outputs:
@@ -179,6 +200,6 @@ class EngineLoop:
                         h.events.put_nowait(KvEvent(chunk, form))
                     h.events.put_nowait(DoneEvent(seq.finish_reason, {
                         "prompt_tokens": seq.num_prompt_tokens, "completion_tokens": seq.num_completion_tokens,
-                        "cached_tokens": seq.num_restored}))
+                        "cached_tokens": seq.num_restored - seq.restore_at}))
                     self.finished[seq.finish_reason] = self.finished.get(seq.finish_reason, 0) + 1
                     del self._handles[seq.seq_id]

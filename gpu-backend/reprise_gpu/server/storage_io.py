@@ -145,10 +145,11 @@ class GrantedTurn:
         granted chunk was used, else where the first one failed; it is exported in the forms granted."""
         from .engine_loop import ExportSpec
         loop = asyncio.get_running_loop()
-        usable = spec if spec.restore_from == 0 else StorageSpec((), 0, spec.export_from, spec.put)  # no split restores yet
+        usable = spec
         feed = ChunkFeed(st.http, usable, st.k_mac, loop)
         try:
-            restored = await loop.run_in_executor(None, engine.kv.verify_stream, iter(feed), prompt_token_ids)
+            restored = await loop.run_in_executor(None, engine.kv.verify_stream, iter(feed), prompt_token_ids,
+                                                  spec.restore_from)
         finally:
             feed.cancel()
         if restored.refused_at is not None:
@@ -158,7 +159,7 @@ class GrantedTurn:
         st.storage_bytes.labels("get").inc(feed.stats.bytes)
         granted_end = usable.chunks[-1].token_end if usable.chunks else 0
         complete = not feed.stats.refused and restored.tokens >= min(granted_end, max(len(prompt_token_ids) - 1, 0))
-        start = spec.export_from if complete else restored.tokens
+        start = spec.export_from if complete else max(restored.tokens, spec.restore_from)
         export = ExportSpec(enabled=bool(spec.put), start=start, forms=tuple(form for _, form in spec.put))
         return cls(st, engine, restored, feed.stats, export, {form: g for g, form in spec.put})
 
@@ -184,6 +185,6 @@ class GrantedTurn:
                         "verify_bytes": r.verify_bytes, "refused": f.refused},
             "prefill": {"tokens": computed, "s": round(self.ttft or 0.0, 6)},
             "codecs": [kv_io.CODECS[cfg.torch_dtype]] + (["spec-v1"] if self.engine.kv.coder is not None else []),
-            "split": False,
+            "split": True,
             "kv_bytes_per_token": a.n_layers * 2 * a.n_kv_heads * a.head_dim * cfg.torch_dtype.itemsize,
         }
