@@ -56,17 +56,27 @@ export function localStack({ dir, port, inspector }) {
     return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
   }
 
+  let running = null;
+
+  /** Stops whatever this stack still runs (call from a finally block). */
+  async function cleanup() {
+    if (running) await stopDev(running);
+  }
+
   async function startDev(vars) {
     const args = ["dev", "--persist-to", dir, "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector), ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`])];
     const child = spawn(wrangler, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: false });
-    child.stdout.on("data", () => {});
-    child.stderr.on("data", () => {});
+    child.stdout.on("data", (d) => appendFileSync(join(dir, "dev.log"), d));
+    child.stderr.on("data", (d) => appendFileSync(join(dir, "dev.log"), d));
     await waitFor(`http://127.0.0.1:${port}/v1/models`, 120_000, (r) => r.status === 401 || r.status === 200);
     const workerd = descendants(child.pid).find((p) => p.comm === "workerd");
-    return { child, workerd: workerd?.pid };
+    running = { child, workerd: workerd?.pid };
+    return running;
   }
 
   async function stopDev(dev) {
+    if (running === dev) running = null;
+    if (dev.child.exitCode !== null) return;
     dev.child.kill("SIGINT");
     await new Promise((r) => dev.child.once("exit", r));
     await sleep(500);
@@ -133,5 +143,5 @@ export function localStack({ dir, port, inspector }) {
     return (await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${key}` } })).json();
   }
 
-  return { chat, get, tokenizer, renderChat, waitFor, descendants, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars };
+  return { cleanup, chat, get, tokenizer, renderChat, waitFor, descendants, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars };
 }

@@ -1,7 +1,12 @@
 // The grant path's planning and bookkeeping on the edge (src/sessions/granted.ts), against real R2:
 // which objects a decision grants, and what the edge records of what the backend says it stored.
 import { env } from "cloudflare:workers";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { storedReport } from "../src/backends/gpu-http";
+import { applyTurn, emptyRateRecord } from "../src/sessions/rates";
+import type { TurnStats } from "../src/sessions/rates";
+import { fallbackReasons } from "../src/turns/resume";
 import { sha256Hex } from "../src/crypto";
 import { candidateChunks, grantPlan, storedChunkRef } from "../src/sessions/granted";
 import { decideResume } from "../src/sessions/resume-policy";
@@ -94,5 +99,33 @@ describe("What the backend says it stored", () => {
     expect(await storedChunkRef(env.BLOBS, ["sessions/sess_q/4.kv"], [report("sessions/sess_q/4.kv", body.byteLength, "0".repeat(64))])).toBeNull();
     expect(await storedChunkRef(env.BLOBS, ["sessions/sess_q/4.kv"], [report("sessions/other/4.kv", body.byteLength, await sha256Hex(body))])).toBeNull();
     expect(await storedChunkRef(env.BLOBS, ["sessions/sess_q/5.kv"], [report("sessions/sess_q/5.kv", 10, "1".repeat(64))])).toBeNull();
+  });
+});
+
+describe("Hostile backend reports (property)", () => {
+  const anything = fc.anything({ maxDepth: 3, withNullPrototype: false });
+
+  it("should turn any kv_stored event into a well-typed report or nothing", () => {
+    fc.assert(
+      fc.property(fc.dictionary(fc.constantFrom("key", "codec", "bytes", "sha256", "mac", "token_start", "token_end", "producer", "x"), anything), (ev) => {
+        const r = storedReport(ev);
+        if (r) {
+          for (const k of ["key", "codec", "sha256", "mac", "producer"] as const) expect(typeof r[k]).toBe("string");
+          for (const k of ["bytes", "tokenStart", "tokenEnd"] as const) expect(Number.isSafeInteger(r[k]) && r[k] >= 0).toBe(true);
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it("should keep rates positive and finite, or unknown, whatever the stats say", () => {
+    fc.assert(
+      fc.property(anything, anything, (restore, prefill) => {
+        const stats = { restore, prefill, codecs: ["spec-v1"], kv_bytes_per_token: 23040 } as unknown as TurnStats;
+        const rec = applyTurn(emptyRateRecord(), { decision: null, restoredTokens: 0, computedTokens: 0, fallbacks: fallbackReasons(stats), stats, stored: [], rawBytesPerToken: 23040 });
+        for (const v of Object.values(rec.rates)) expect(v === null || (Number.isFinite(v) && v > 0)).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
   });
 });

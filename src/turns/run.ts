@@ -38,7 +38,8 @@ export async function runTurn(turn: Turn, onText: (text: string) => Promise<void
       await recordResume(turn.env, turn.gen.backend.name, turn.req.model, o);
       // A chunk the backend refused is dropped from the record with everything after it, so the
       // session heals even when this turn stores nothing.
-      const cut = Math.min(...(stats?.restore?.refused ?? []).map((r) => (Number.isSafeInteger(r?.token_start) ? r.token_start : 0)), Infinity);
+      const refused = Array.isArray(stats?.restore?.refused) ? stats.restore.refused : [];
+      const cut = Math.min(...refused.map((r) => (Number.isSafeInteger(r?.token_start) ? r.token_start : 0)), Infinity);
       turn.restored.kept = turn.restored.kept.filter((c) => c.tokenEnd <= cut);
       if (turn.session && turn.lease) await commit(turn, ids, text, null, await storedChunkRef(turn.env.BLOBS, turn.resume.putKeys, stored), sessionResume(turn.session.resume, o));
     } else if (turn.session && turn.lease) await commit(turn, ids, text, newChunk, null, turn.session.resume);
