@@ -110,6 +110,14 @@ export function localStack({ dir, port, inspector }) {
     return proc;
   }
 
+  /** Stops a backend started here: SIGTERM, then SIGKILL if it has not exited in 10 s. */
+  async function stopBackend(proc) {
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGTERM");
+    if ((await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)])) === false) proc.kill("SIGKILL");
+  }
+
   /** The edge's vars for a backend on `backendPort` (and grants through this Worker when `grants`). */
   function edgeVars(backendPort, grants, extra = {}) {
     return {
@@ -143,5 +151,5 @@ export function localStack({ dir, port, inspector }) {
     return (await fetch(`http://127.0.0.1:${port}${path}`, { headers: { authorization: `Bearer ${key}` } })).json();
   }
 
-  return { cleanup, chat, get, tokenizer, renderChat, waitFor, descendants, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars };
+  return { stopBackend, cleanup, chat, get, tokenizer, renderChat, waitFor, descendants, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars };
 }

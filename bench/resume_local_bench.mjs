@@ -91,7 +91,7 @@ async function main() {
     }
   } finally {
     await st.cleanup();
-    backend.kill("SIGTERM");
+    await st.stopBackend(backend);
   }
 }
 

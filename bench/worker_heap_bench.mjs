@@ -42,7 +42,7 @@ const DIR = join(root, ".state/heap-bench");
 const BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2; // llama3-8b-kv, BF16
 const CHUNK_TOKENS = 1024;
 const MB = (b) => +(b / 1e6).toFixed(1);
-const { cleanup, tokenizer, renderChat, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars, chat } = localStack({ dir: DIR, port: PORT, inspector: Number(opt.inspector) });
+const { stopBackend, cleanup, tokenizer, renderChat, status, startDev, stopDev, kvPut, kvGet, bootstrap, startBackend, edgeVars, chat } = localStack({ dir: DIR, port: PORT, inspector: Number(opt.inspector) });
 
 /** Samples the isolate's heap over CDP until `stop()`; peak figures in bytes. */
 async function heapSampler() {
@@ -165,7 +165,7 @@ async function main() {
     process.exitCode = 1;
   } finally {
     await cleanup();
-    backend?.kill("SIGTERM");
+    await stopBackend(backend);
   }
   console.log("| path | stored MB | tokens | cached | s | heap used peak MB | backing peak MB | used+backing peak MB | workerd HWM MB |");
   console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");

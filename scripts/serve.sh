@@ -3,6 +3,8 @@
 # With REPRISE_GPU_BACKEND=1 it also starts the GPU backend (on CPU here) and routes heavy steps to it;
 # REPRISE_KV_CODEC=spec-v1 makes that backend code its session chunks speculatively (3x smaller), and
 # REPRISE_GPU_PREFILL_THRESHOLD=0 sends every step there (default: prompts over 512 new tokens).
+# REPRISE_PORT (default 8787) and REPRISE_INSPECTOR_PORT (default 9229) move the server, e.g. for the
+# regression test (test/server/) beside a running `make serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vars=()
@@ -24,4 +26,5 @@ if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
   fi
 fi
 echo "API key: $(cat .state/local-api-key 2>/dev/null || echo 'run node scripts/create_key.mjs')"
-npx wrangler dev --persist-to .state --ip 127.0.0.1 --port 8787 "${vars[@]}"
+npx wrangler dev --persist-to .state --ip 127.0.0.1 --port "${REPRISE_PORT:-8787}" \
+  --inspector-port "${REPRISE_INSPECTOR_PORT:-9229}" "${vars[@]}"

@@ -5,6 +5,8 @@
 #   2. the Worker (vitest inside workerd), with the real GPU backend started on CPU for the
 #      dispatch tests; it exports spec-v1 chunks (speculative KV coding), so session turns that
 #      resume on the GPU store and restore coded chunks through R2 (REPRISE_TEST_KV_CODEC=raw: raw).
+#   3. the real local server (scripts/serve.sh, as `make serve` runs it) on its own port, driven by the
+#      official openai client with keep-alive on and retries off (issue #8's regression test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=gpu-backend/.venv/bin/python
@@ -32,5 +34,8 @@ done
 echo "== edge: vitest in workerd"
 REPRISE_TEST_BACKEND_URL="http://127.0.0.1:$port" REPRISE_TEST_BACKEND_SECRET="$(cat "$secret_file")" \
   npx vitest run || status=1
+
+echo "== edge: the server \`make serve\` starts, driven by the openai client (test/server/)"
+npx vitest run --config test/server/vitest.config.ts || status=1
 
 exit $status

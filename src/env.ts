@@ -8,7 +8,7 @@
  */
 export type Bindings = Omit<
   Env,
-  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES"
+  "GPU_BACKEND_URL" | "EDGE_MODEL_KEY" | "RATE_LIMIT_PER_MINUTE" | "MAX_BODY_BYTES" | "EDGE_STEP_BUDGET_MS"
 > & {
   /** Base URL of the GPU backend; empty means every step runs on the edge model. */
   GPU_BACKEND_URL: string;
@@ -25,6 +25,8 @@ export type Bindings = Omit<
   GPU_BACKEND_MODELS?: string;
   /** New prompt tokens above which a step goes to the GPU backend (default 512). */
   GPU_PREFILL_THRESHOLD?: string;
+  /** Most ms one light step may compute on the edge model (src/edge-model/budget.ts; default 25 000). */
+  EDGE_STEP_BUDGET_MS?: string;
   /** How the GPU backend reaches session chunks (docs/storage-grants.md): "worker" (this Worker's
    *  signed streaming route), "r2-s3" (R2 presigned URLs) or empty (the edge inlines chunk bytes). */
   STORAGE_GRANTS?: string;

@@ -53,6 +53,8 @@ export interface ChatRequest {
   model: string;
   messages: ChatMessage[];
   maxTokens: number;
+  /** Whether the client set max_tokens / max_completion_tokens (an unset one may be shortened to fit). */
+  maxTokensGiven: boolean;
   temperature: number;
   topP: number;
   seed?: number;
@@ -84,6 +86,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
       content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join(""),
     })),
     maxTokens: b.max_completion_tokens ?? b.max_tokens ?? DEFAULT_MAX_TOKENS,
+    maxTokensGiven: b.max_completion_tokens != null || b.max_tokens != null,
     temperature: b.temperature ?? 1,
     topP: b.top_p ?? 1,
     seed: b.seed ?? undefined,

@@ -57,6 +57,11 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("dispatch to the real GPU backend", () 
     expect(edge.system_fingerprint).toBe("reprise-edge");
   });
 
+  it("should send a light step over the edge's compute budget to the GPU", async () => {
+    const r = await complete({ messages: [{ role: "user", content: Q1 }], max_tokens: 4 }, { ...LIGHT, EDGE_STEP_BUDGET_MS: "1" });
+    expect(r.system_fingerprint).toBe("reprise-gpu");
+  });
+
   it("should resume a session on the GPU from the chunks it returned", async () => {
     const id = ((await (await call("/v1/sessions", undefined, HEAVY)).json()) as { id: string }).id;
     const t1 = await complete({ session_id: id, messages: [{ role: "user", content: Q1 }] }, HEAVY);

@@ -2,7 +2,7 @@
  * The first half of a turn: everything that can still fail with a clean HTTP status (unknown
  * model, context too long, session busy, no backend) happens here, before any byte is sent.
  */
-import { backendsFor, candidates, listModels, prefillThreshold, startGeneration } from "../backends/dispatch";
+import { backendsFor, listModels, prefillThreshold, route, startGeneration } from "../backends/dispatch";
 import { encodeChatPrompt } from "../backends/edge";
 import type { Bindings } from "../env";
 import { HttpError } from "../errors";
@@ -51,14 +51,20 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
   const lease = session ? await acquireLease(env.SESSIONS, session) : null;
   try {
     const cached = session ? storedPrefix(session, promptIds) : 0;
-    const step = { model: req.model, newPrefillTokens: promptIds.length - cached, threshold: prefillThreshold(env) };
+    const { backends: order, maxTokens } = route(backends, {
+      model: req.model,
+      newPrefillTokens: promptIds.length - cached,
+      threshold: prefillThreshold(env),
+      maxTokens: req.maxTokens,
+      maxTokensGiven: req.maxTokensGiven,
+    });
     let restored = noRestore();
     let resume: TurnResume | null = null;
     const signer = grantSigner(env);
     const gen = await startGeneration(
-      candidates(backends, step),
+      order,
       async (backend) => {
-        const sampling = { maxTokens: req.maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stop: req.stop };
+        const sampling = { maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stop: req.stop };
         if (signer && fetchesStorage(backend)) {
           // The backend fetches and stores chunks itself: no chunk byte passes through this isolate.
           const p = await planGrantedTurn(env, signer, backend, req, session, promptIds);

@@ -10,28 +10,29 @@ import { tokenizerKey } from "../../src/edge-model/tokenizer";
 
 const files = env as unknown as { EDGE_FILES: Fetcher };
 
-async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<void> {
-  const res = await files.EDGE_FILES.fetch(`http://edge-files/${file}`);
+/**
+ * EDGE_FILES.fetch, tried twice: the binding's first request after a 100 MB body sometimes fails
+ * with "Network connection lost" (seen with vitest-pool-workers 0.15.1), and a second one succeeds.
+ */
+async function edgeFile(file: string, method: "GET" | "HEAD"): Promise<Response> {
+  const url = `http://edge-files/${file}`;
+  const res = await files.EDGE_FILES.fetch(url, { method }).catch(() => files.EDGE_FILES.fetch(url, { method }));
   if (!res.ok) throw new Error(`EDGE_FILES ${file}: ${res.status} ${await res.text()}`);
-  const size = Number(res.headers.get("content-length"));
-  const have = await env.BLOBS.head(key);
-  if (have && have.size === size) {
-    await res.body?.cancel();
-    return;
-  }
-  await env.BLOBS.put(key, await res.arrayBuffer());
+  return res;
 }
 
-// The tokenizer first and each file on its own: every backend needs the tokenizer (the edge tokenizes
-// for the GPU backend too), so a failed 107 MB weights put must not leave it out.
-for (const [key, file] of [
-  [tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer"],
-  [env.EDGE_MODEL_KEY, "model"],
-  [modelDataKey(env.EDGE_MODEL_KEY), "data"],
-] as const) {
-  try {
-    await seed(key, file);
-  } catch (err) {
-    console.warn(`edge model file ${file} not seeded:`, err);
-  }
+async function seed(key: string, file: "model" | "data" | "tokenizer"): Promise<void> {
+  // HEAD first, so that a bucket which already holds the file never starts a body it would cancel.
+  const size = Number((await edgeFile(file, "HEAD")).headers.get("content-length"));
+  const have = await env.BLOBS.head(key);
+  if (have && have.size === size) return;
+  await env.BLOBS.put(key, await (await edgeFile(file, "GET")).arrayBuffer());
+}
+
+try {
+  await seed(tokenizerKey(env.EDGE_MODEL_KEY), "tokenizer");
+  await seed(env.EDGE_MODEL_KEY, "model");
+  await seed(modelDataKey(env.EDGE_MODEL_KEY), "data");
+} catch (err) {
+  console.warn("edge model not seeded:", err);
 }
