@@ -3,6 +3,7 @@
 // template and tokenizer, local KV reads and writes, process memory).
 import { execFileSync, spawn } from "node:child_process";
 import { appendFileSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -128,22 +129,26 @@ export function localStack({ dir, port, inspector }) {
   }
   const grantSecret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
 
-  /** One chat completion; `ttft_s` is the time to the first byte of the body (streamed: the first token). */
-  async function chat(key, body) {
-    const t0 = performance.now();
-    const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-      body: JSON.stringify({ model: "smollm2-135m-instruct", temperature: 0, max_tokens: 2, ...body }),
+  /** One chat completion; `ttft_s` is the time to the first byte of the body (streamed: the first token).
+   * node:http rather than fetch: fetch gives up on a body silent for 300 s, and a CPU backend coding a
+   * long turn's chunk can be silent longer. */
+  function chat(key, body) {
+    const payload = JSON.stringify({ model: "smollm2-135m-instruct", temperature: 0, max_tokens: 2, ...body });
+    return new Promise((resolve, reject) => {
+      const t0 = performance.now();
+      const req = http.request({ host: "127.0.0.1", port, path: "/v1/chat/completions", method: "POST", headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "content-length": Buffer.byteLength(payload) } }, (res) => {
+        const parts = [];
+        let ttft = null;
+        res.on("data", (d) => {
+          ttft ??= (performance.now() - t0) / 1000;
+          parts.push(d);
+        });
+        res.on("end", () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString(), seconds: (performance.now() - t0) / 1000, ttft_s: ttft }));
+        res.on("error", reject);
+      });
+      req.on("error", reject);
+      req.end(payload);
     });
-    const reader = res.body.getReader();
-    const parts = [];
-    let ttft = null;
-    for (let r = await reader.read(); !r.done; r = await reader.read()) {
-      ttft ??= (performance.now() - t0) / 1000;
-      parts.push(Buffer.from(r.value));
-    }
-    return { status: res.status, body: Buffer.concat(parts).toString(), seconds: (performance.now() - t0) / 1000, ttft_s: ttft };
   }
 
   /** `GET path` with the API key, as JSON. */

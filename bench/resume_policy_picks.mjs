@@ -6,7 +6,9 @@
 //
 //   node bench/resume_policy_picks.mjs ROWS.jsonl [MORE.jsonl ...] [--gpu-summary bench/results/summary/resume-gpu.json]
 //
-// Rows are JSON lines as gpu-backend/bench/bench_resume.py (and bench/resume_local_bench.mjs) write them:
+// Rows are JSON lines as gpu-backend/bench/bench_resume.py (and bench/resume_local_bench.mjs) write them
+// (or a summary .json whose `ttft` array holds the cells: bytes and compute times are then fitted from
+// how each way's time moves with the storage rate):
 // measurement rows {model, history_tokens, raw_bytes, coded_bytes, chunks, prefill_tokens_per_s,
 // recompute_s, raw_compute_s, coded_compute_s, …} and cells {section: "ttft", model, history_tokens,
 // storage_GBps, recompute_s, raw_s, coded_s}. The policy's rates for a cell: P = prefill_tokens_per_s,
@@ -66,10 +68,45 @@ function crossovers(decide, m) {
   return out;
 }
 
+/** JSON lines, or a summary JSON whose `ttft` array holds the cells. */
+function readRows(path) {
+  const text = readFileSync(path, "utf8");
+  if (path.endsWith(".json")) return (JSON.parse(text).ttft ?? []).map((c) => ({ section: "ttft", ...c, file: path }));
+  return text.split("\n").filter(Boolean).map((l) => ({ ...JSON.parse(l), file: path }));
+}
+
+/** Least-squares t = a + c / X over the cells of one (model, history). */
+function fitLine(cells, key) {
+  const xs = cells.map((c) => 1 / c.storage_GBps), ys = cells.map((c) => c[key]);
+  const n = xs.length, mx = xs.reduce((a, b) => a + b, 0) / n, my = ys.reduce((a, b) => a + b, 0) / n;
+  const sxx = xs.reduce((a, x) => a + (x - mx) ** 2, 0);
+  const c = sxx > 0 ? xs.reduce((a, x, i) => a + (x - mx) * (ys[i] - my), 0) / sxx : 0;
+  return { bytes: Math.max(c, 0) * 1e9, compute: Math.max(my - c * mx, 1e-6) };
+}
+
+/** Measurement rows for cells that came without one (a composed summary): bytes and compute times from
+ * how each way's time moves with the storage rate (t = compute + bytes / rate), prefill from recompute. */
+function fitted(rows) {
+  const groups = new Map();
+  for (const r of rows.filter((x) => x.section === "ttft")) {
+    const k = `${r.file}|${r.model}|${r.history_tokens}`;
+    if (!groups.has(k)) groups.set(k, []);
+    groups.get(k).push(r);
+  }
+  return [...groups.values()].filter((g) => g.length >= 2).map((g) => {
+    const raw = fitLine(g, "raw_s"), coded = fitLine(g, "coded_s"), H = g[0].history_tokens;
+    return {
+      file: g[0].file, model: g[0].model, history_tokens: H, chunks: Math.ceil(H / CHUNK), raw_bytes: raw.bytes, coded_bytes: coded.bytes,
+      raw_compute_s: raw.compute, coded_compute_s: coded.compute, prefill_tokens_per_s: H / (g.reduce((a, c) => a + c.recompute_s, 0) / g.length), fitted: true,
+    };
+  });
+}
+
 async function main() {
   const { decideResume } = await loadPolicy();
-  const rows = positionals.flatMap((p) => readFileSync(p, "utf8").split("\n").filter(Boolean).map((l) => ({ ...JSON.parse(l), file: p })));
+  const rows = positionals.flatMap(readRows);
   const measured = new Map(rows.filter((r) => !r.section && r.history_tokens).map((r) => [`${r.file}|${r.model}|${r.history_tokens}`, r]));
+  for (const m of fitted(rows)) if (!measured.has(`${m.file}|${m.model}|${m.history_tokens}`)) measured.set(`${m.file}|${m.model}|${m.history_tokens}`, m);
   const cells = [];
   for (const r of rows.filter((x) => x.section === "ttft")) {
     const m = measured.get(`${r.file}|${r.model}|${r.history_tokens}`);

@@ -14,7 +14,7 @@ import { BASE, KEYS } from "./helpers";
 
 const t = env as unknown as { TEST_GPU_BACKEND_URL: string; TEST_GPU_BACKEND_SECRET: string; SELF_ORIGIN: Fetcher };
 const MODEL = "smollm2-135m-instruct";
-const QUESTIONS = ["What is the capital of France?", "And of Germany?", "Which of the two is larger?"];
+const QUESTIONS = ["What is the capital of France?", "And of Germany?", "Which of the two is larger?", "Thank you!"];
 const RAW = { RESUME_POLICY: "raw" };
 /** Turns on the CPU backend take seconds each (the exact CPU speculator for coded ones). */
 const SLOW = 300_000;
@@ -97,7 +97,7 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("sessions on the grant path", () => {
     const id = await newSession();
     const coded = { RESUME_POLICY: "coded" };
     const answers: string[] = [];
-    for (let i = 0; i < 2; i++) {
+    for (let i = 0; i < 3; i++) {
       const before = await record(id);
       const r = await complete({ session_id: id, messages: [{ role: "user", content: QUESTIONS[i]! }] }, coded);
       expect(r.system_fingerprint).toBe("reprise-gpu");
@@ -117,27 +117,27 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("sessions on the grant path", () => {
     }
     const view = (await (await call("GET", `/v1/sessions/${id}`)).json()) as { resume: { last: { restore: string; store: string }; counters: Record<string, number> }; chunk_codecs: string[] };
     expect(view.resume.last).toMatchObject({ restore: "coded", store: "coded" });
-    expect(view.resume.counters.restore_coded).toBe(1);
-    expect(view.chunk_codecs).toEqual(["spec-v1", "spec-v1"]);
+    expect(view.resume.counters.restore_coded).toBe(2);
+    expect(view.chunk_codecs).toEqual(["spec-v1", "spec-v1", "spec-v1"]);
     const metrics = await (await call("GET", "/metrics")).text();
     expect(metrics).toMatch(/reprise_resume_decisions_total\{backend="gpu",model="smollm2-135m-instruct",restore="coded"\} [1-9]/);
     expect(metrics).toMatch(/reprise_resume_rate\{backend="gpu",model="smollm2-135m-instruct",rate="prefill_tokens_per_second"\} [0-9.]+/);
 
-    // Turn 3 with an undecodable second chunk: intact as bytes (SHA-256 and MAC re-made with the real
-    // key), wrong as KV. The first chunk is decoded again, the prefix ends before the second.
+    // Turn 4 with an undecodable third chunk: intact as bytes (SHA-256 and MAC re-made with the real
+    // key), wrong as KV. The first two are decoded again, the prefix ends before the third.
     const rec = await record(id);
-    const victim = rec.chunks[1]!;
+    const victim = rec.chunks[2]!;
     const bad = await resigned(new Uint8Array(await (await env.BLOBS.get(victim.r2Key))!.arrayBuffer()), victim.r2Key);
     const mac = JSON.parse(new TextDecoder().decode(bad.subarray(10, 10 + new DataView(bad.buffer).getUint32(6, true)))).mac as string;
     await env.BLOBS.delete(victim.r2Key);
     await env.BLOBS.put(victim.r2Key, bad);
-    await env.SESSIONS.put(`session:${id}`, JSON.stringify({ ...rec, chunks: [rec.chunks[0], { ...victim, bytes: bad.byteLength, sha256: await sha256Hex(bad), mac }] }));
-    const r = await complete({ session_id: id, messages: [{ role: "user", content: QUESTIONS[2]! }] }, coded);
+    await env.SESSIONS.put(`session:${id}`, JSON.stringify({ ...rec, chunks: [...rec.chunks.slice(0, 2), { ...victim, bytes: bad.byteLength, sha256: await sha256Hex(bad), mac }] }));
+    const r = await complete({ session_id: id, messages: [{ role: "user", content: QUESTIONS[3]! }] }, coded);
     expect(r.usage.prompt_tokens_details.cached_tokens).toBe(victim.tokenStart);
-    expect(r.choices[0]!.message.content).toBe(await reference(answers, 2, coded));
+    expect(r.choices[0]!.message.content).toBe(await reference(answers, 3, coded));
     const v = (await (await call("GET", `/v1/sessions/${id}`)).json()) as { resume: { last: { fallbacks: string[] } } };
     expect(v.resume.last.fallbacks).toEqual(["undecodable"]);
-    expect((await record(id)).chunks.map((c) => c.tokenStart)).toEqual([0, victim.tokenStart]);
+    expect((await record(id)).chunks.map((c) => c.tokenStart)).toEqual([0, rec.chunks[1]!.tokenStart, victim.tokenStart]);
   }, SLOW);
 
   it("should store raw chunks when told to, and restore them", async () => {
