@@ -21,6 +21,11 @@ if [ "${REPRISE_GPU_BACKEND:-0}" = 1 ]; then
     --kv-codec "${REPRISE_KV_CODEC:-raw}" &
   trap 'kill $! 2>/dev/null' EXIT
   vars+=(--var "GPU_BACKEND_URL:http://127.0.0.1:8600" --var "GPU_BACKEND_SECRET:$(cat "$secret_file")")
+  # The backend reads and writes session chunks itself through grants on this Worker's signed route
+  # (docs/storage-grants.md); the grant key stays with the edge.
+  grant_file=.state/grant-secret
+  [ -f "$grant_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$grant_file"
+  vars+=(--var "STORAGE_GRANTS:worker" --var "STORAGE_GRANT_ORIGIN:http://127.0.0.1:${REPRISE_PORT:-8787}" --var "STORAGE_GRANT_SECRET:$(cat "$grant_file")")
   if [ -n "${REPRISE_GPU_PREFILL_THRESHOLD:-}" ]; then
     vars+=(--var "GPU_PREFILL_THRESHOLD:$REPRISE_GPU_PREFILL_THRESHOLD")
   fi

@@ -66,6 +66,10 @@ export type Bindings = Omit<
   JOBS: Queue<JobMessage>;
   DELIVERIES: Queue<DeliveryMessage>;
   DEAD_LETTERS: Queue<DeliveryMessage | JobMessage>;
+  /** Resume policy: "auto" (default, from measured rates) or an override: "recompute", "raw", "coded", "split". */
+  RESUME_POLICY?: string;
+  /** What to store of each turn, overriding the policy: "none", "raw", "coded" or "both". */
+  RESUME_STORE?: string;
 } & WebhookVars;
 
 /** Webhook settings (wrangler.toml [vars], docs/webhooks.md) and the secret that encrypts webhook secrets. */

@@ -13,6 +13,7 @@ import { jobs } from "./routes/jobs";
 import { models } from "./routes/models";
 import { sessions } from "./routes/sessions";
 import { storage } from "./routes/storage";
+import { metrics } from "./routes/metrics";
 import { webhookEndpoints } from "./routes/webhook-endpoints";
 
 export { RateCounter } from "./durable/rate-counter";
@@ -43,10 +44,12 @@ export const app = new Hono<AppEnv>();
 // first, this route answers before the API-key middleware below would run.
 app.route("/v1/hooks", inboundHooks);
 app.use("/v1/*", auth(), rateLimit(), maxBody());
+app.use("/metrics", auth());
 app.route("/v1/chat/completions", chat);
 app.route("/v1/adapters", adapters);
 app.route("/v1/models", models);
 app.route("/v1/sessions", sessions);
+app.route("/metrics", metrics);
 // Signed object URLs for the GPU backend: the grant in the query authorizes, not an API key.
 app.route("/storage/v1/objects", storage);
 app.route("/v1/jobs", jobs);

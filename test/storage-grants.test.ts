@@ -200,3 +200,4 @@ describe("chunk MAC", () => {
     expect(await verifyChunkMac(k, "sessions/sess_00/0.kv", header, MAC.toUpperCase())).toBe(false);
   });
 });
+

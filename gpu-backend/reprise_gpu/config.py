@@ -49,6 +49,11 @@ PRESETS: dict[str, ModelArgs] = {
     "llama3-8b": ModelArgs(n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128, ffn_dim=14336,
                            vocab_size=128256, rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=False,
                            max_seq_len=8192),
+    # Storage-path studies: Llama-3-8B's KV cache (32 layers x 8 KV heads x 128, 128 KiB per token in BF16)
+    # on a thin body, so a CPU can hold and restore 8B-sized sessions; SmolLM2's vocabulary and tokenizer.
+    "llama3-8b-kv": ModelArgs(n_layers=32, dim=256, n_heads=8, n_kv_heads=8, head_dim=128, ffn_dim=512,
+                              vocab_size=49152, rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
+                              max_seq_len=8192),
     # For fast tests only: GQA group of 2, head_dim 16, byte-sized vocab.
     "tiny": ModelArgs(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=128, vocab_size=256,
                       rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False, max_seq_len=1024),

@@ -6,12 +6,10 @@ import struct
 import time
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from engine_util import tiny_engine
+from engine_util import ready_client, tiny_engine
 from reprise_gpu.engine import kv_io
 from reprise_gpu.server import auth
-from reprise_gpu.server.app import make_app
 from reprise_gpu.server.frames import KIND_JSON, KIND_KV, frame, json_frame, split_frames
 
 SECRET = "test-secret"
@@ -33,13 +31,8 @@ def with_client(fn, **engine_overrides):
         kw = dict(secret=SECRET)
         kw.update(engine_overrides)
         eng = tiny_engine(**kw)
-        client = TestClient(TestServer(make_app(eng.config, engine=eng)))
-        await client.start_server()
+        client = await ready_client(eng)
         try:
-            for _ in range(100):
-                if (await client.get("/readyz")).status == 200:
-                    break
-                await asyncio.sleep(0.05)
             await fn(client, eng)
         finally:
             await client.close()

@@ -4,7 +4,6 @@ corpus in tests/corpus/storage_http/) makes up, to show that a hostile or broken
 exact bytes or a StorageError, never another exception and never a hang."""
 
 import asyncio
-import base64
 import hashlib
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from reprise_gpu.storage import remote
 from reprise_gpu.storage.chunk_mac import chunk_mac, mac_key, verify_mac
 from reprise_gpu.storage.remote import Grant, StorageError, fetch_object, put_object
+from storage_util import start_store
 
 CORPUS = Path(__file__).parent / "corpus" / "storage_http"
 
@@ -27,31 +27,6 @@ def grant(url: str, mode: str = "read", max_bytes=None, key="k/obj") -> Grant:
                             **({"maxBytes": max_bytes} if max_bytes is not None else {})})
 
 
-def store_app(objects: dict[str, bytes]) -> web.Application:
-    """GET and create-only PUT of /o/{key}, checking x-amz-checksum-sha256 like R2 does."""
-    async def get(request):
-        data = objects.get(request.match_info["key"])
-        return web.Response(body=data) if data is not None else web.Response(status=404)
-
-    async def put(request):
-        key = request.match_info["key"]
-        if request.headers.get("If-None-Match") != "*":
-            return web.Response(status=412)
-        data = await request.read()
-        want = request.headers.get("x-amz-checksum-sha256")
-        if want and base64.b64encode(hashlib.sha256(data).digest()).decode() != want:
-            return web.Response(status=400)
-        if key in objects:
-            return web.Response(status=412)
-        objects[key] = data
-        return web.json_response({"size": len(data)}, status=201)
-
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_get("/o/{key}", get)
-    app.router.add_put("/o/{key}", put)
-    return app
-
-
 def run(coro):
     return asyncio.run(coro)
 
@@ -59,11 +34,7 @@ def run(coro):
 def test_put_then_fetch_streams_exact_bytes_and_never_overwrites():
     async def main():
         objects: dict[str, bytes] = {}
-        runner = web.AppRunner(store_app(objects))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        runner, base = await start_store(objects)
         data = os.urandom(3 * remote.PIECE + 12345)
         try:
             async with aiohttp.ClientSession() as http:
@@ -91,6 +62,33 @@ def test_put_then_fetch_streams_exact_bytes_and_never_overwrites():
                 assert e.value.code == "too_large" and "b" not in objects
                 with pytest.raises(StorageError):
                     await put_object(http, grant(f"{base}/o/c"), b"read grants do not write")
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_fetch_asks_for_the_stored_bytes_not_a_compressed_form():
+    """wrangler dev gzips a response for a client that accepts it; the client must ask for identity."""
+    import gzip
+
+    async def main():
+        data = b"compressible " * 10_000
+
+        async def get(request):
+            if "gzip" in request.headers.get("Accept-Encoding", ""):
+                return web.Response(body=gzip.compress(data), headers={"Content-Encoding": "gzip"})
+            return web.Response(body=data)
+        app = web.Application()
+        app.router.add_get("/o", get)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/o"
+                got = await fetch_object(http, grant(url), expect_bytes=len(data))
+                assert got.data == data
         finally:
             await runner.cleanup()
     run(main())

@@ -9,7 +9,8 @@
  */
 import { concatBytes, hmacSha256, toHex, utf8 } from "../crypto";
 import type { Bindings } from "../env";
-import type { Backend, GenerateEvent, GenerateRequest } from "./types";
+import type { TurnStats } from "../sessions/rates";
+import type { Backend, GenerateEvent, GenerateRequest, StoragePlan, StoredChunkReport } from "./types";
 
 export const WIRE_VERSION = 1;
 export const FRAMES_CONTENT_TYPE = "application/x-reprise-frames";
@@ -65,9 +66,33 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
     // The adapter's files travel inline after the KV frames (until the backend fetches them through
     // signed storage grants); the backend caches them by key.
     ...(req.adapter ? { adapter: { key: req.adapter.key, inline: true } } : {}),
+    ...(req.storage ? { storage: storageHeader(req.storage) } : {}),
   };
   const adapter = req.adapter ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
   return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)), ...adapter);
+}
+
+/** The request header's `storage` object (snake_case, docs/backend-wire-format.md). */
+function storageHeader(p: StoragePlan) {
+  return {
+    chunks: p.chunks.map((c) => ({
+      grant: c.grant, token_start: c.tokenStart, token_end: c.tokenEnd, bytes: c.bytes, sha256: c.sha256, codec: c.codec, mac: c.mac,
+    })),
+    restore_from: p.restoreFrom,
+    export_from: p.exportFrom,
+    put: p.put.map((x) => ({ grant: x.grant, form: x.form })),
+  };
+}
+
+/** A `kv_stored` event's chunk, or null when a field is missing or of the wrong type. */
+export function storedReport(ev: Record<string, unknown>): StoredChunkReport | null {
+  const str = (k: string) => (typeof ev[k] === "string" ? (ev[k] as string) : null);
+  const int = (k: string) => (Number.isSafeInteger(ev[k]) && (ev[k] as number) >= 0 ? (ev[k] as number) : null);
+  const r = {
+    key: str("key"), codec: str("codec"), sha256: str("sha256"), mac: str("mac"), producer: str("producer"),
+    bytes: int("bytes"), tokenStart: int("token_start"), tokenEnd: int("token_end"),
+  };
+  return Object.values(r).every((v) => v !== null) ? (r as StoredChunkReport) : null;
 }
 
 /** `v1=` + hex HMAC-SHA256 of `${timestamp}.${body}` under `secret`. */
@@ -142,6 +167,12 @@ export async function* parseGenerateStream(body: ReadableStream<Uint8Array>): As
       const finishReason = ev.finish_reason === "length" ? "length" : "stop";
       yield { type: "done", finishReason, cachedTokens: Number.isInteger(usage.cached_tokens) ? (usage.cached_tokens as number) : 0 };
       return;
+    } else if (ev.type === "kv_stored") {
+      const chunk = storedReport(ev);
+      if (chunk) yield { type: "kv_stored", chunk };
+      else console.warn("gpu backend: malformed kv_stored event ignored");
+    } else if (ev.type === "stats") {
+      if (typeof ev.stats === "object" && ev.stats !== null) yield { type: "stats", stats: ev.stats as TurnStats };
     } else if (ev.type === "error") {
       throw new Error(`gpu backend error: ${JSON.stringify(ev.error)}`);
     }
@@ -152,6 +183,8 @@ export async function* parseGenerateStream(body: ReadableStream<Uint8Array>): As
 
 export class GpuHttpBackend implements Backend {
   readonly name = "gpu";
+  /** It reads and writes session chunks itself when the request carries grants (docs/storage-grants.md). */
+  readonly fetchesStorage = true;
   private readonly presets: Map<string, string>;
 
   constructor(private readonly env: Bindings) {

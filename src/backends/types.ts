@@ -4,6 +4,8 @@
  * token events, one KV chunk for the tokens whose KV it computed, and a final done event.
  */
 import type { KvChunk } from "../sessions/chunk";
+import type { TurnStats } from "../sessions/rates";
+import type { Grant } from "../storage/grants";
 
 export type { KvChunk };
 
@@ -22,12 +24,49 @@ export interface GenerateRequest {
   sampling: SamplingOptions;
   /** A LoRA adapter to apply (GPU backend only): its cache key and PEFT files. */
   adapter?: AdapterFiles;
+  /** Chunks the backend fetches and stores itself through grants, instead of `restored` bytes. */
+  storage?: StoragePlan;
 }
 
 export interface AdapterFiles {
   key: string;
   config: Uint8Array;
   weights: Uint8Array;
+}
+
+/** A chunk the backend may fetch: its grant and what the edge recorded about it. */
+export interface GrantedChunk {
+  grant: Grant;
+  tokenStart: number;
+  tokenEnd: number;
+  bytes: number;
+  sha256: string;
+  codec: string;
+  mac: string | null;
+}
+
+/** Where the backend's chunks come from and go to this turn (docs/backend-wire-format.md, `storage`). */
+export interface StoragePlan {
+  /** Contiguous from `restoreFrom`, in token order. */
+  chunks: GrantedChunk[];
+  /** Tokens [0, restoreFrom) are recomputed even though chunks cover them (a split restore). */
+  restoreFrom: number;
+  /** End of the chunk chain the edge keeps; the new chunk starts here unless a given chunk fails. */
+  exportFrom: number;
+  /** One create grant per form to store ("raw", "coded"); empty: store nothing. */
+  put: { grant: Grant; form: "raw" | "coded" }[];
+}
+
+/** A chunk the backend wrote through a create grant, as it reports it. */
+export interface StoredChunkReport {
+  key: string;
+  codec: string;
+  bytes: number;
+  sha256: string;
+  mac: string;
+  tokenStart: number;
+  tokenEnd: number;
+  producer: string;
 }
 
 export interface SamplingOptions {
@@ -42,4 +81,8 @@ export type GenerateEvent =
   | { type: "token"; id: number; text: string }
   /** Container bytes (docs/kv-chunk-format.md) of the new range. */
   | { type: "kv"; chunk: Uint8Array }
+  /** A chunk the backend stored itself (grant path). */
+  | { type: "kv_stored"; chunk: StoredChunkReport }
+  /** The backend's measurements of this turn (resume policy input). */
+  | { type: "stats"; stats: TurnStats }
   | { type: "done"; finishReason: "stop" | "length"; cachedTokens: number };

@@ -41,7 +41,7 @@ async function check(c: Context<AppEnv>): Promise<GrantCheck> {
 }
 
 function objectHeaders(obj: R2Object): Headers {
-  const h = new Headers({ etag: obj.httpEtag, "accept-ranges": "bytes", "cache-control": "no-store" });
+  const h = new Headers({ etag: obj.httpEtag, "accept-ranges": "bytes", "cache-control": "no-store", "content-type": "application/octet-stream" });
   const sha = obj.checksums.sha256;
   if (sha) h.set("x-reprise-sha256", toHex(sha));
   return h;
@@ -72,10 +72,12 @@ storage.on(["GET", "HEAD"], "/*", async (c) => {
     const len = r.length ?? obj.size - r.offset;
     h.set("content-range", `bytes ${r.offset}-${r.offset + len - 1}/${obj.size}`);
     h.set("content-length", String(len));
-    return new Response(obj.body, { status: 206, headers: h });
+    return new Response(obj.body, { status: 206, headers: h, encodeBody: "manual" });
   }
   h.set("content-length", String(obj.size));
-  return new Response(obj.body, { status: 200, headers: h });
+  // The bytes go out as stored: without "manual" the runtime gzips for a client that accepts it (the
+  // backend hashes what it receives), and drops Content-Length for a chunked body.
+  return new Response(obj.body, { status: 200, headers: h, encodeBody: "manual" });
 });
 
 storage.put("/*", async (c) => {

@@ -70,7 +70,7 @@ export async function loadVerifiedChunks(
 }
 
 /** A backend that states its producer fingerprints only gets chunks made by one of them. */
-function acceptsProducer(backend: Backend, producer: string): boolean {
+export function acceptsProducer(backend: Backend, producer: string): boolean {
   const accepts = (backend as { acceptsProducer?: (p: string) => boolean }).acceptsProducer;
   return typeof accepts === "function" ? accepts.call(backend, producer) : true;
 }

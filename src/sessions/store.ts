@@ -32,6 +32,37 @@ export interface ChunkRef {
   /** Hex SHA-256 of the whole container object as stored in R2. */
   sha256: string;
   bytes: number;
+  /** The container's codec (raw-bf16, spec-v1, …); absent in records written before it was kept. */
+  codec?: string;
+  /** The chunk MAC the backend reported (chunks it wrote through a grant; docs/storage-grants.md). */
+  mac?: string;
+  /** A second form of the same token range (the policy stored both raw and coded). */
+  alt?: ChunkVariant;
+}
+
+/** One stored form of a chunk's token range. */
+export interface ChunkVariant {
+  r2Key: string;
+  codec: string;
+  sha256: string;
+  bytes: number;
+  mac?: string;
+}
+
+/** What the resume policy did for the session's last turn, and its running counts. */
+export interface SessionResume {
+  last: {
+    restore: string;
+    store: string;
+    restoredTokens: number;
+    computedTokens: number;
+    estimates: Record<string, number | null>;
+    reason: string;
+    fallbacks: string[];
+    /** What the backend measured in that turn (its `stats` event, src/sessions/rates.ts TurnStats). */
+    measured: Record<string, number> | null;
+  } | null;
+  counters: Record<string, number>;
 }
 
 export interface SessionRecord {
@@ -49,6 +80,8 @@ export interface SessionRecord {
   chunks: ChunkRef[];
   /** Number for the next chunk object; never reused, even when chunks are dropped. */
   nextChunk: number;
+  /** The resume policy's last decision and counts for this session. */
+  resume?: SessionResume;
 }
 
 export interface Lease {
@@ -64,6 +97,8 @@ const recordKey = (id: string) => `session:${id}`;
 const leaseObject = (env: Pick<Bindings, "SESSION_LEASES">, id: string) => env.SESSION_LEASES.get(env.SESSION_LEASES.idFromName(id));
 export const chunkPrefix = (id: string) => `sessions/${id}/`;
 export const chunkKey = (id: string, n: number) => `sessions/${id}/${n}.kv`;
+/** The second form of chunk n, when both raw and coded are stored. */
+export const altChunkKey = (id: string, n: number) => `sessions/${id}/${n}.alt.kv`;
 
 export function newSessionId(): string {
   return "sess_" + randomHex(16);
@@ -149,6 +184,7 @@ export interface NewChunk {
   tokenEnd: number;
   producer: string;
   sha256: string;
+  codec?: string;
 }
 
 /**
@@ -162,11 +198,17 @@ export async function commitTurn(
   lease: Lease,
   next: Omit<SessionRecord, "revision" | "nextChunk" | "chunks"> & { chunks: ChunkRef[]; nextChunk: number },
   chunk: NewChunk | null,
+  stored: ChunkRef | null = null,
 ): Promise<SessionRecord> {
   let nextChunk = next.nextChunk;
   const chunks = [...next.chunks];
   let written: string | null = null;
-  if (chunk) {
+  const granted = stored ? [stored.r2Key, ...(stored.alt ? [stored.alt.r2Key] : [])] : [];
+  if (stored) {
+    // Written by the backend through this turn's create grants (src/turns/stored.ts checked it).
+    chunks.push(stored);
+    nextChunk += 1;
+  } else if (chunk) {
     written = await createChunkObject(r2, next.id, nextChunk, chunk, lease);
     chunks.push({
       r2Key: written,
@@ -175,12 +217,14 @@ export async function commitTurn(
       producer: chunk.producer,
       sha256: chunk.sha256,
       bytes: chunk.bytes.byteLength,
+      ...(chunk.codec ? { codec: chunk.codec } : {}),
     });
     nextChunk += 1;
   }
   const fresh = await kv.get<SessionRecord>(recordKey(next.id), "json");
   if (!fresh || fresh.tenant !== next.tenant || fresh.revision !== lease.revision) {
     if (written) await r2.delete(written);
+    if (granted.length) await r2.delete(granted);
     if (!fresh || fresh.tenant !== next.tenant) throw sessionNotFound(next.id);
     throw sessionBusy(next.id);
   }
@@ -231,7 +275,9 @@ export function sessionView(rec: SessionRecord) {
     tokens: rec.tokenIds.length,
     cached_tokens: rec.chunks.length ? rec.chunks[rec.chunks.length - 1]!.tokenEnd : 0,
     chunks: rec.chunks.length,
-    stored_bytes: rec.chunks.reduce((s, c) => s + c.bytes, 0),
+    stored_bytes: rec.chunks.reduce((s, c) => s + c.bytes + (c.alt?.bytes ?? 0), 0),
+    chunk_codecs: rec.chunks.map((c) => [c.codec ?? "unknown", ...(c.alt ? [c.alt.codec] : [])].join("+")),
+    resume: rec.resume ?? { last: null, counters: {} },
     messages: rec.messages,
   };
 }

@@ -12,7 +12,10 @@ import { commonPrefix, loadVerifiedChunks } from "../sessions/restore";
 import type { Restored } from "../sessions/restore";
 import { acquireLease, getSession, releaseLease } from "../sessions/store";
 import type { SessionRecord } from "../sessions/store";
-import type { Turn } from "./types";
+import { grantSigner } from "../storage/grants";
+import { fetchesStorage } from "../sessions/granted";
+import { planGrantedTurn } from "./resume";
+import type { Turn, TurnResume } from "./types";
 
 /** SmolLM2's context window: prompt plus completion must fit. */
 export const CONTEXT_TOKENS = 8192;
@@ -53,23 +56,22 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       maxTokensGiven: req.maxTokensGiven,
     });
     let restored = noRestore();
+    let resume: TurnResume | null = null;
+    const signer = grantSigner(env);
     const gen = await startGeneration(
       order,
       async (backend) => {
+        const sampling = { maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stop: req.stop };
+        if (signer && fetchesStorage(backend)) {
+          // The backend fetches and stores chunks itself: no chunk byte passes through this isolate.
+          const p = await planGrantedTurn(env, signer, backend, req, session, promptIds);
+          restored = { restored: [], kept: p.kept, restoredTokens: 0 };
+          resume = p.resume;
+          return { model: base, ...(adapter ? { adapter } : {}), promptIds, restored: [], sampling, storage: p.storage };
+        }
+        resume = null;
         restored = session ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend) : noRestore();
-        return {
-          model: base,
-          ...(adapter ? { adapter } : {}),
-          promptIds,
-          restored: restored.restored,
-          sampling: {
-            maxTokens,
-            temperature: req.temperature,
-            topP: req.topP,
-            seed: req.seed,
-            stop: req.stop,
-          },
-        };
+        return { model: base, ...(adapter ? { adapter } : {}), promptIds, restored: restored.restored, sampling };
       },
       signal,
     );
@@ -83,6 +85,7 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
       lease,
       gen,
       restored,
+      resume,
       env,
     };
   } catch (err) {

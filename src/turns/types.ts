@@ -6,6 +6,7 @@ import type { StartedGeneration } from "../backends/dispatch";
 import type { Bindings } from "../env";
 import type { ChatMessage, ChatRequest } from "../schemas";
 import type { Restored } from "../sessions/restore";
+import type { ResumeDecision } from "../sessions/resume-policy";
 import type { Lease, SessionRecord } from "../sessions/store";
 
 /** A turn whose backend has produced its first event; the session (if any) is leased to it. */
@@ -20,7 +21,16 @@ export interface Turn {
   lease: Lease | null;
   gen: StartedGeneration;
   restored: Restored;
+  /** The grant path's decision and create keys (null on the inline path). */
+  resume: TurnResume | null;
   env: Bindings;
+}
+
+/** What the resume policy decided for this turn and what the edge granted for it. */
+export interface TurnResume {
+  decision: ResumeDecision | null;
+  putKeys: string[];
+  rawBytesPerToken: number;
 }
 
 export interface TurnResult {

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -166,6 +168,23 @@ class Restored:
     chunks: list[KvChunk] = field(default_factory=list)
     tokens: int = 0
     refused: list[str] = field(default_factory=list)     # why each refused chunk was refused
+    # (token_start, reason) of the chunk that ended the prefix; reason: corrupt | foreign | undecodable
+    refused_at: tuple[int, str] | None = None
+    decode_s: float = 0.0                                 # time in the coded decoder (speculator included)
+    decoded_bytes: int = 0                                # BF16 K/V bytes it produced
+    verify_s: float = 0.0                                 # time checking containers (SHA-256) and raw payloads
+    verify_bytes: int = 0                                 # container bytes checked
+
+
+def refusal_reason(e: ChunkError) -> str:
+    """A chunk failure as the edge counts it: another model or shape is foreign, a coded chunk that
+    does not decode is undecodable, anything else about the bytes is corrupt."""
+    msg = str(e)
+    if msg.startswith("spec-v1") or "needs the K/V" in msg or "past the prompt" in msg:
+        return "undecodable"
+    if "another model" in msg or "shape does not match" in msg:
+        return "foreign"
+    return "corrupt"
 
 
 class KvRestore:
@@ -212,18 +231,67 @@ class KvRestore:
         pieces: list[torch.Tensor] = []        # exact K/V of [0, covered)
         covered = 0
         for c in used:
-            if c.kv is None:
-                past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start else None
-                try:
-                    c = self.coder.decode(c, prompt_token_ids, past, adapter)
-                except ChunkError as e:
-                    out.refused.append(f"chunk at token {c.token_start}: {e}")
-                    break
-            out.chunks.append(c)
-            if c.token_end > covered:
-                pieces.append(c.kv[:, :, :, covered - c.token_start:])
-                covered = c.token_end
-        out.tokens = min(covered, max(len(prompt_token_ids) - 1, 0))
+            covered = self._take(out, c, pieces, covered, prompt_token_ids, adapter)
+            if covered < 0:
+                break
+        return self._done(out, prompt_token_ids)
+
+    def verify_stream(self, kv_chunks: Iterable[bytes], prompt_token_ids: list[int], start: int = 0,
+                      adapter=None) -> Restored:
+        """`verify` for chunks that arrive in token order while they are still being fetched (the
+        grant path, server/storage_io.py): each is parsed and decoded as soon as it is here, so the
+        fetch of chunk i+1 overlaps the speculator and decoder of chunk i. The iterator ends early
+        (or raises StopIteration) where a chunk could not be fetched; the prefix ends there too.
+        `start` > 0: the chunks cover [start, …) and tokens before it are computed (a split restore of
+        raw chunks; a coded chunk there lacks its past and is refused). `adapter` as in `verify`."""
+        out = Restored()
+        limit = len(prompt_token_ids) - 1
+        pieces: list[torch.Tensor] = []
+        covered = start
+        for data in kv_chunks:
+            t0 = time.perf_counter()
+            try:
+                c = self.parse(data, adapter)
+                out.verify_bytes += len(data)
+            except ChunkError as e:
+                out.refused.append(f"chunk at token {covered}: {e}")
+                out.refused_at = (covered, refusal_reason(e))
+                break
+            finally:
+                out.verify_s += time.perf_counter() - t0
+            if c.token_start > covered or covered >= limit:
+                break
+            if c.token_end <= covered:
+                continue
+            covered = self._take(out, c, pieces, covered, prompt_token_ids, adapter)
+            if covered < 0:
+                break
+        return self._done(out, prompt_token_ids)
+
+    def _take(self, out: Restored, c: KvChunk, pieces: list[torch.Tensor], covered: int,
+              prompt_token_ids: list[int], adapter=None) -> int:
+        """Decodes `c` if it is coded and appends it; the new covered end, or -1 when it fails."""
+        if c.kv is None:
+            past = torch.cat(pieces, dim=3)[:, :, :, :c.token_start] if c.token_start and pieces else None
+            t0 = time.perf_counter()
+            try:
+                c = self.coder.decode(c, prompt_token_ids, past, adapter)
+            except ChunkError as e:
+                out.refused.append(f"chunk at token {c.token_start}: {e}")
+                out.refused_at = (c.token_start, refusal_reason(e))
+                return -1
+            out.decode_s += time.perf_counter() - t0
+            out.decoded_bytes += c.kv.numel() * c.kv.element_size()
+        out.chunks.append(c)
+        if c.token_end > covered:
+            pieces.append(c.kv[:, :, :, covered - c.token_start:])
+            covered = c.token_end
+        out.tokens = covered
+        return covered
+
+    @staticmethod
+    def _done(out: Restored, prompt_token_ids: list[int]) -> Restored:
+        out.tokens = min(max((c.token_end for c in out.chunks), default=0), max(len(prompt_token_ids) - 1, 0))
         for why in out.refused:
             log.info("KV %s; its tokens are recomputed", why)
         return out
@@ -235,12 +303,14 @@ class KvRestore:
             if lo < hi:
                 kv_io.scatter_kv(self.kv_cache, seq.block_table, lo, c.kv[:, :, :, lo - c.token_start:hi - c.token_start])
 
-    def export(self, seq: Sequence, start: int, end: int) -> Future[bytes]:
+    def export(self, seq: Sequence, start: int, end: int, form: str | None = None) -> Future[bytes]:
         """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
-        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread."""
+        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread.
+        `form`: None for this engine's codec, "raw" for the cache's own dtype, "coded" for spec-v1
+        (raw when this engine has no coder)."""
         kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
         producer = self.producer_for(seq.adapter)
-        if self.coder is None:
+        if self.coder is None or form == "raw":
             done: Future[bytes] = Future()
             done.set_result(kv_io.encode_chunk(kv, start, producer))
             return done

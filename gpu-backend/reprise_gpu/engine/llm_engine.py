@@ -75,6 +75,7 @@ class LLMEngine:
         self.seqs: dict[int, Sequence] = {}
         self.detok: dict[int, Detokenizer] = {}
         self.generated_tokens = 0
+        self.idle = False
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
@@ -121,6 +122,7 @@ class LLMEngine:
     # ---- one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
+        self.idle = not batch.seqs          # nothing could run (a split restore waiting for its loaded half)
         if not batch.seqs:
             return []
         for seq in batch.admitted:
@@ -130,6 +132,7 @@ class LLMEngine:
         outputs = []
         for seq, n, tok in zip(batch.seqs, batch.num_new, tokens):
             seq.num_cached += n
+            self._split_jump(seq)
             if tok is None:
                 continue
             seq.append_token(tok)
@@ -140,6 +143,25 @@ class LLMEngine:
                 self._finish(seq, reason)
             outputs.append(StepOutput(seq, tok, text, reason is not None))
         return outputs
+
+    def attach_restored(self, seq_id: int, restored: Restored) -> None:
+        """The loaded half of a split restore: chunks covering [seq.restore_at, restored.tokens). Written
+        into the cache now if the sequence holds its blocks (else at admission); the prefill then jumps
+        over them. An empty or short `restored` only means more tokens are computed."""
+        seq = self.seqs.get(seq_id)
+        if seq is None or not seq.restore_pending:
+            return
+        seq.restored = restored.chunks
+        seq.num_restored = max(seq.restore_at, min(restored.tokens, len(seq) - 1))
+        seq.restore_pending = False
+        if seq.status is SequenceStatus.RUNNING:
+            self.kv.restore(seq)
+            self._split_jump(seq)
+
+    @staticmethod
+    def _split_jump(seq: Sequence) -> None:
+        if seq.restore_at and not seq.restore_pending and seq.num_cached == seq.restore_at:
+            seq.num_cached = seq.num_restored
 
     def _check_stop(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params
@@ -156,7 +178,11 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.export_kv and reason != "abort" and seq.status is SequenceStatus.RUNNING:
             # K/V exists for every token but the last one sampled
-            seq.kv_export = self.kv.export(seq, seq.num_restored, len(seq) - 1)
+            start = seq.num_restored if seq.export_from is None else seq.export_from
+            end = len(seq) - 1
+            if start < end:
+                seq.kv_exports = [(f or "default", self.kv.export(seq, start, end, f)) for f in seq.export_forms or (None,)]
+                seq.kv_export = seq.kv_exports[0][1]
         self.scheduler.finish(seq, reason)
         self.seqs.pop(seq.seq_id, None)
         self.detok.pop(seq.seq_id, None)

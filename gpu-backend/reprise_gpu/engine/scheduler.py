@@ -104,7 +104,9 @@ class Scheduler:
             if budget == 0:
                 break
             if seq.is_prefill:
-                n = min(seq.num_uncomputed, self.prefill_chunk_size, budget)
+                n = min(seq.num_uncomputed, self.prefill_chunk_size, budget, _split_room(seq))
+                if n == 0:
+                    continue                                # a split restore waits for its loaded half
                 batch.seqs.append(seq)
                 batch.num_new.append(n)
                 budget -= n
@@ -120,10 +122,10 @@ class Scheduler:
             if seq.adapter is not None:
                 seq.lora_slot = self.lora.acquire(seq.adapter)
             seq.status = SequenceStatus.RUNNING
-            seq.num_cached = seq.num_restored
+            seq.num_cached = 0 if seq.restore_at else seq.num_restored
             self.running.append(seq)
             batch.admitted.append(seq)
-            n = min(seq.num_uncomputed, self.prefill_chunk_size, budget)
+            n = min(seq.num_uncomputed, self.prefill_chunk_size, budget, _split_room(seq))
             batch.seqs.append(seq)
             batch.num_new.append(n)
             budget -= n
@@ -153,3 +155,10 @@ class Scheduler:
         self.bm.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+
+def _split_room(seq: Sequence) -> int:
+    """Tokens a split-restore sequence may prefill before its loaded half must be in place."""
+    if not seq.restore_at or seq.num_cached >= seq.restore_at:
+        return seq.num_uncomputed if not (seq.restore_pending and seq.num_cached == seq.restore_at) else 0
+    return seq.restore_at - seq.num_cached

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,8 +19,11 @@ from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
 from ..lora.registry import AdapterError
 from . import auth
-from .engine_loop import DoneEvent, EngineLoop, KvEvent, TokenEvent
+from ..engine.kv_restore import Restored
+from .engine_loop import DoneEvent, EngineLoop, ExportSpec, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
+from .storage_io import GrantedTurn
+from ..storage.chunk_mac import mac_key
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,10 @@ class ServerState:
     loop: EngineLoop | None = None       # set once the model is loaded
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     rejected: Counter | None = None
+    refused: Counter | None = None              # granted chunks not used, by reason
+    storage_bytes: Counter | None = None        # bytes fetched / stored through grants
+    http: aiohttp.ClientSession | None = None   # for granted URLs (storage/remote.py)
+    k_mac: bytes = b""                          # chunk-MAC key (storage/chunk_mac.py)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -116,22 +125,47 @@ async def generate(request: web.Request) -> web.StreamResponse:
     except LookupError as e:
         rejected.labels("bad_request").inc()
         return error(409, "adapter_needed", str(e))
-    try:
-        restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
-                                                                     req.prompt_token_ids, adapter)
-        handle = loop.submit(req.prompt_token_ids, params, restored, adapter)
-        await handle.accepted
-    except QueueFull as e:
-        rejected.labels("queue_full").inc()
-        return error(503, "queue_full", str(e), headers={"Retry-After": "1"})
-    except ValueError as e:
-        rejected.labels("bad_request").inc()
-        return error(400, "bad_request", str(e))
-
     resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-    done = False
+    granted = None
     try:
-        await resp.prepare(request)
+        if req.storage is None:
+            restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
+                                                                         req.prompt_token_ids, adapter)
+            handle = loop.submit(req.prompt_token_ids, params, restored, adapter=adapter)
+            await handle.accepted
+        else:
+            # The grant path: the headers go out first, since fetching a long session can take a while;
+            # from here on a refusal is an error frame (the edge then tries its next backend).
+            if loop.queue_depth >= loop.max_queue:
+                raise QueueFull(f"{loop.queue_depth} requests waiting")
+            await resp.prepare(request)
+            if req.storage.restore_from:
+                # Split ("compute or load? both"): prefill [0, k) now, attach [k, …) when it has loaded.
+                forms = tuple(form for _, form in req.storage.put)
+                handle = loop.submit(req.prompt_token_ids, params, Restored(), ExportSpec(bool(forms), None, forms),
+                                     restore_at=req.storage.restore_from, adapter=adapter)
+                await handle.accepted
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids, adapter)
+                loop.attach(handle.seq_id, granted.restored, granted.export.start)
+            else:
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids, adapter)
+                handle = loop.submit(req.prompt_token_ids, params, granted.restored, granted.export, adapter=adapter)
+                await handle.accepted
+    except (QueueFull, ValueError) as e:
+        code, status = ("queue_full", 503) if isinstance(e, QueueFull) else ("bad_request", 400)
+        rejected.labels(code).inc()
+        if resp.prepared:
+            await resp.write(json_frame({"type": "error", "error": {"code": code, "message": str(e)}}))
+            return resp
+        return error(status, code, str(e), headers={"Retry-After": "1"} if status == 503 else None)
+    except (ConnectionResetError, ConnectionError):
+        return resp
+
+    done = False
+    t_submit = time.perf_counter()
+    try:
+        if not resp.prepared:
+            await resp.prepare(request)
         while not done:
             try:
                 ev = await asyncio.wait_for(handle.events.get(), DISCONNECT_POLL_S)
@@ -140,6 +174,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             if isinstance(ev, TokenEvent):
+                if granted is not None and granted.ttft is None:
+                    granted.ttft = time.perf_counter() - t_submit
                 await resp.write(json_frame({"type": "token", "id": ev.token_id, "text": ev.text}))
             elif isinstance(ev, KvEvent):
                 try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
@@ -147,8 +183,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 except Exception:
                     log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
                     continue
-                await resp.write(frame(KIND_KV, chunk))
+                await resp.write(frame(KIND_KV, chunk) if granted is None else json_frame(await granted.store(ev.form, chunk)))
             elif isinstance(ev, DoneEvent):
+                if granted is not None:
+                    await resp.write(json_frame({"type": "stats", "stats": granted.stats(ev.usage)}))
                 await resp.write(json_frame({"type": "done", "finish_reason": ev.finish_reason, "usage": ev.usage}))
                 done = True
             else:
@@ -187,6 +225,11 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
     st.registry.register(EngineCollector(st))
     st.rejected = Counter("reprise_requests_rejected", "requests refused before generation", ["reason"],
                           registry=st.registry)
+    st.refused = Counter("reprise_kv_chunks_refused", "granted KV chunks not used (their tokens recomputed)",
+                         ["reason"], registry=st.registry)
+    st.storage_bytes = Counter("reprise_storage_bytes", "bytes moved through storage grants", ["direction"],
+                               registry=st.registry)
+    st.k_mac = mac_key(config.secret or "")
     app.router.add_post("/v1/generate", generate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -210,9 +253,11 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             st.loop = loop
             log.info("model %s ready on %s", config.model, config.device)
 
+        st.http = aiohttp.ClientSession(auto_decompress=False)
         task = asyncio.create_task(load())
         yield
         task.cancel()
+        await st.http.close()
         if st.loop is not None:
             await st.loop.stop()
 

@@ -10,6 +10,8 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from ..storage.remote import Grant, StorageError
+
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-reprise-frames"
 FRAME_HEAD = struct.Struct("<BI")
@@ -48,14 +50,84 @@ def split_frames(body: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+@dataclass(frozen=True)
+class GrantedChunk:
+    """A stored chunk the backend fetches itself, with what the edge recorded about it."""
+    grant: Grant
+    token_start: int
+    token_end: int
+    bytes: int
+    sha256: str
+    codec: str
+    mac: str | None
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """The request header's `storage` object (docs/backend-wire-format.md): grants instead of KV frames."""
+    chunks: tuple[GrantedChunk, ...]
+    restore_from: int
+    export_from: int
+    put: tuple[tuple[Grant, str], ...]       # (create grant, form "raw" | "coded")
+
+
 @dataclass
 class GenerateRequest:
     model: str
     prompt_token_ids: list[int]
     sampling: dict
     chunks: list[bytes] = field(default_factory=list)
+    storage: StorageSpec | None = None
     adapter: str | None = None                 # the adapter's key (sha256 hex of its two files)
     adapter_files: tuple[bytes, bytes] | None = None   # (config, weights) when sent inline
+
+
+def _uint(v, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise FrameError(f"{what} must be a non-negative integer")
+    return v
+
+
+def parse_storage(obj) -> StorageSpec:
+    """Validates the `storage` object; raises FrameError (-> 400)."""
+    if not isinstance(obj, dict):
+        raise FrameError("storage must be an object")
+    chunks_in, put_in = obj.get("chunks", []), obj.get("put", [])
+    if not isinstance(chunks_in, list) or not isinstance(put_in, list) or len(chunks_in) > 10_000 or len(put_in) > 2:
+        raise FrameError("storage.chunks must be an array, storage.put an array of at most 2")
+    try:
+        chunks = []
+        for c in chunks_in:
+            if not isinstance(c, dict):
+                raise FrameError("storage.chunks[] must be objects")
+            g = Grant.from_json(c.get("grant"))
+            if g.mode != "read":
+                raise FrameError("storage.chunks[].grant must be a read grant")
+            sha, codec, mac = c.get("sha256"), c.get("codec"), c.get("mac")
+            if not (isinstance(sha, str) and len(sha) == 64 and isinstance(codec, str) and len(codec) <= 32
+                    and (mac is None or (isinstance(mac, str) and len(mac) == 64))):
+                raise FrameError("storage.chunks[]: sha256, codec or mac malformed")
+            start, end = _uint(c.get("token_start"), "token_start"), _uint(c.get("token_end"), "token_end")
+            if end <= start:
+                raise FrameError("storage.chunks[]: empty token range")
+            chunks.append(GrantedChunk(g, start, end, _uint(c.get("bytes"), "bytes"), sha, codec, mac))
+        put = []
+        for p in put_in:
+            if not isinstance(p, dict) or p.get("form") not in ("raw", "coded"):
+                raise FrameError("storage.put[] must be {grant, form: raw | coded}")
+            g = Grant.from_json(p.get("grant"))
+            if g.mode != "create":
+                raise FrameError("storage.put[].grant must be a create grant")
+            put.append((g, p["form"]))
+    except StorageError as e:
+        raise FrameError(f"storage: {e}") from None
+    for a, b in zip(chunks, chunks[1:]):
+        if b.token_start != a.token_end:
+            raise FrameError("storage.chunks must be contiguous, in token order")
+    restore_from = _uint(obj.get("restore_from", 0), "storage.restore_from")
+    if chunks and chunks[0].token_start != restore_from:
+        raise FrameError("storage.chunks must start at restore_from")
+    return StorageSpec(tuple(chunks), restore_from, _uint(obj.get("export_from", 0), "storage.export_from"), tuple(put))
 
 
 def parse_generate_body(body: bytes) -> GenerateRequest:
@@ -97,4 +169,7 @@ def parse_generate_body(body: bytes) -> GenerateRequest:
     kv = rest
     if len(kv) != n or any(kind != KIND_KV for kind, _ in kv):
         raise FrameError(f"header announces {n} KV chunk frames; the body has {len(kv)} frames after it")
-    return GenerateRequest(model, ids, sampling, [p for _, p in kv], key, files)
+    storage = parse_storage(h["storage"]) if h.get("storage") is not None else None
+    if storage is not None and n:
+        raise FrameError("a request carries KV frames or storage grants, not both")
+    return GenerateRequest(model, ids, sampling, [p for _, p in kv], storage, key, files)
