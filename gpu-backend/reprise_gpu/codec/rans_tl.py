@@ -60,7 +60,8 @@ def _decode_kernel(
         n_blocks, nb_seg, n_seg, TD, KHD, steps, seg0, raw_bits,
         # meta
         D: tl.constexpr, FP8: tl.constexpr, MB: tl.constexpr, BIAS: tl.constexpr, EXP_MAX: tl.constexpr,
-        RAW: tl.constexpr, NAN_MANT: tl.constexpr, MAXF: tl.constexpr, PHASE: tl.constexpr, BLOCKS: tl.constexpr):
+        RAW: tl.constexpr, NAN_MANT: tl.constexpr, MAXF: tl.constexpr, PHASE: tl.constexpr, BLOCKS: tl.constexpr,
+        SEARCH: tl.constexpr):
     lb = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
     okb = lb < n_blocks
     seg_l = lb // nb_seg                     # segment within this launch (seg0 + seg_l in the chunk)
@@ -85,7 +86,14 @@ def _decode_kernel(
                                           D, FP8, MB, BIAS, EXP_MAX, MAXF, PHASE)
         tb = tb0[:, None] + tid
         slot = x & 0x7FFF
-        sym = tl.load(lut_ptr + tb.to(tl.int64) * 32768 + slot, mask=act, other=0).to(tl.int32)
+        if SEARCH:      # the last symbol whose start <= slot: 7 halvings of the 82 starts
+            sym = tl.zeros_like(tid)
+            for k in tl.static_range(7):
+                cand = sym + (64 >> k)
+                st = tl.load(cum_ptr + tb * 82 + cand, mask=act & (cand < 82), other=1 << 30)
+                sym = tl.where(st <= slot, cand, sym)
+        else:
+            sym = tl.load(lut_ptr + tb.to(tl.int64) * 32768 + slot, mask=act, other=0).to(tl.int32)
         f = tl.load(freq_ptr + tb * 82 + sym, mask=act, other=1).to(tl.int64)
         c = tl.load(cum_ptr + tb * 82 + sym, mask=act, other=0).to(tl.int64)
         xn = f * (x >> 15) + slot - c
