@@ -169,7 +169,7 @@ def compile_only():
     from reprise_gpu.codec import gpu, rans_tl
     from reprise_gpu.codec.grid import BF16, E4M3
 
-    ptr = {"pred_ptr": "fp32", "lut_ptr": "i16", "out_ptr": "i16"}
+    ptr = {"pred_ptr": "fp32", "lut_ptr": "i16", "out_ptr": "i16", "scratch_ptr": "i16"}
     i64 = {"states_ptr", "wbase_ptr", "nwords_ptr", "rbase_ptr", "nlow_ptr", "nref_ptr", "raw_ptr", "hash_ptr",
            "costq_ptr_"}
 

@@ -14,6 +14,7 @@ length are read once). The encoder's one wait is for the output size.
 from __future__ import annotations
 
 import struct
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -76,7 +77,8 @@ def fit_scale(x_val: torch.Tensor, p: torch.Tensor, e: torch.Tensor) -> torch.Te
 
 
 def encode_v2(target, pred: torch.Tensor, *, fingerprint: str, token_start: int, model: str = "improved",
-              block_steps: int | None = None) -> bytes:
+              block_steps: int | None = None, as_tensor: bool = False) -> bytes | torch.Tensor:
+    """as_tensor: return the chunk as a uint8 tensor on the device (benchmarks: the coder without the copy out)."""
     fp8 = isinstance(target, tuple)
     codes, exps = target if fp8 else (target, None)
     L, two, KH, T, D = codes.shape
@@ -104,7 +106,7 @@ def encode_v2(target, pred: torch.Tensor, *, fingerprint: str, token_start: int,
     _, freq, cum = table_set(STANDARD_MIXES, dev, lut=False)
     nbt = n_segs * nb
     states = torch.empty((nbt, BLOCK_LANES), dtype=torch.int64, device=dev)
-    scratch = torch.empty((nbt, BLOCK_LANES * S), dtype=torch.int32, device=dev)
+    scratch = torch.empty((nbt, BLOCK_LANES * S), dtype=torch.int16, device=dev)
     nw, nlow, nref, hsh = (torch.zeros(nbt, dtype=torch.int64, device=dev) for _ in range(4))
     grid = (triton.cdiv(nbt, BLOCKS),)
     kw = dict(D=D, FP8=fp8, BLOCKS=BLOCKS, num_warps=BLOCKS, **{k: v for k, v in meta.items()})
@@ -124,15 +126,22 @@ def encode_v2(target, pred: torch.Tensor, *, fingerprint: str, token_start: int,
         vhash = (vhash + _exps_hash(e, codes.numel())) & ((1 << 64) - 1)
         e_pred = predicted_exponents(pred).cpu().numpy()
         exp_bytes = encode_exponents(exps.cpu().numpy(), None, e_pred=e_pred)
-    raw = W.cpu().numpy().view(np.uint32).astype(">u4").tobytes()[:(total_bits + 7) // 8]
+    n_raw = (total_bits + 7) // 8
     std_mix = [STANDARD_MIXES[i] for i in mix.cpu().tolist()]
     params = [SegmentParams(m, s.astype(np.int8)) for m, s in zip(std_mix, scale.cpu().numpy())]
     head = HEAD2.pack(SPEC_MAGIC, SPEC_VERSION_2, MODES["fp8" if fp8 else "bf16"], MODELS[model],
                       fingerprint_digest(fingerprint), L, KH, D, token_start, token_start + T, S, PROB_BITS, 0, vhash)
-    table = torch.stack([nw, nlow, nref], dim=1).cpu().numpy().astype("<u4").tobytes()
-    return b"".join([head, params_bytes(params), SIZES.pack(words.numel(), len(raw), len(exp_bytes)), table,
-                     states.cpu().numpy().astype("<u4").tobytes(), words.cpu().numpy().astype("<u2").tobytes(), raw,
-                     exp_bytes])
+    host = head + params_bytes(params) + SIZES.pack(words.numel(), n_raw, len(exp_bytes))
+    # the payload is assembled on the GPU and crosses to the host once (x86 and CUDA are little-endian)
+    parts = [torch.frombuffer(bytearray(host), dtype=torch.uint8).to(dev),
+             torch.stack([nw, nlow, nref], dim=1).to(torch.int32).view(torch.uint8).reshape(-1),
+             states.to(torch.int32).view(torch.uint8).reshape(-1),
+             words.to(torch.int16).view(torch.uint8).reshape(-1),
+             W.view(torch.uint8).reshape(-1, 4).flip(1).reshape(-1)[:n_raw]]
+    if exp_bytes:
+        parts.append(torch.frombuffer(bytearray(exp_bytes), dtype=torch.uint8).to(dev))
+    out = torch.cat(parts)
+    return out if as_tensor else out.cpu().numpy().tobytes()
 
 
 def _sanitized(p: torch.Tensor, fmt) -> torch.Tensor:
@@ -167,7 +176,7 @@ def _compact(scratch: torch.Tensor, nw: torch.Tensor, cap: int) -> torch.Tensor:
     """Each block's words sit at the end of its scratch row: gather them into one stream, blocks in order."""
     total = int(nw.sum()) if nw.numel() else 0
     if total == 0:
-        return torch.zeros(0, dtype=torch.int32, device=scratch.device)
+        return torch.zeros(0, dtype=torch.int16, device=scratch.device)
     ends = torch.cumsum(nw, 0)
     i = torch.arange(total, device=scratch.device)
     b = torch.searchsorted(ends, i, right=True)
@@ -198,10 +207,12 @@ def _exps_hash(e: torch.Tensor, n_values: int) -> int:
 
 def decode_v2(data: bytes, predictor, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int,
               token_start: int, token_end: int, device: torch.device | str, payload_verified: bool = False,
-              lut: bool = True) -> Decoded:
+              lut: bool = True, on_device: torch.Tensor | None = None) -> Decoded:
     """payload_verified: accepted for symmetry with spec-v1 (spec-v2 has no payload hash of its own).
     lut: symbols through a slot -> symbol table per (mixture, table) (12.8 MB per mixture, one gather)
-    or a binary search of the 82 starts (7 dependent gathers from a 64 KB table)."""
+    or a binary search of the 82 starts (7 dependent gathers from a 64 KB table).
+    on_device: the chunk's bytes from its states on, already on `device` (uint8; benchmarks of a stream
+    that is on the GPU): then nothing but the header is read on the host."""
     dev = torch.device(device)
     try:
         pc = parse_v2(bytes(data), fingerprint=fingerprint, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
@@ -213,7 +224,7 @@ def decode_v2(data: bytes, predictor, *, fingerprint: str, layers: int, kv_heads
             from .spec2 import decode_chunk_v2         # exotic mixtures: correct, slow
             return decode_chunk_v2(data, _HostPredictor(predictor), fingerprint=fingerprint, layers=layers,
                                    kv_heads=kv_heads, head_dim=head_dim, token_start=token_start, token_end=token_end)
-        return _decode(pc, predictor, dev, lut)
+        return _decode(pc, predictor, dev, lut, data, on_device)
     except CodecError as e:
         return Decoded(e.status, None, str(e))
     except (ValueError, IndexError, OverflowError, struct.error, RuntimeError) as e:
@@ -231,7 +242,35 @@ class _HostPredictor:
         self.p.observe(layer, torch.from_numpy(np.ascontiguousarray(values)))
 
 
-def _decode(pc, predictor, dev: torch.device, use_lut: bool = True) -> Decoded:
+def _upload(data, lo: int, hi: int, dev: torch.device) -> torch.Tensor:
+    """Bytes [lo, hi) of the chunk on `dev` (one copy, no conversion on the host)."""
+    mv = memoryview(data)[lo:hi]
+    if not len(mv):
+        return torch.zeros(0, dtype=torch.uint8, device=dev)
+    with warnings.catch_warnings():          # read-only bytes: the tensor is only read, then copied
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.frombuffer(mv, dtype=torch.uint8)
+    return t.to(dev, non_blocking=False)
+
+
+def _le(b: torch.Tensor, width: int) -> torch.Tensor:
+    """Little-endian unsigned words of `width` bytes -> int64."""
+    b = b.reshape(-1, width).long()
+    out = b[:, 0].clone()
+    for i in range(1, width):
+        out |= b[:, i] << (8 * i)
+    return out
+
+
+def _be32(b: torch.Tensor) -> torch.Tensor:
+    """A bit stream's bytes -> its big-endian u32 words in int64, plus two zero words (reads past the end)."""
+    pad = torch.zeros(-b.numel() % 4 + 8, dtype=torch.uint8, device=b.device)
+    w = torch.cat([b, pad]).reshape(-1, 4).long()
+    return (w[:, 0] << 24) | (w[:, 1] << 16) | (w[:, 2] << 8) | w[:, 3]
+
+
+def _decode(pc, predictor, dev: torch.device, use_lut: bool = True, data=None,
+            on_device: torch.Tensor | None = None) -> Decoded:
     L, KH, T, D, S, nb = pc.L, pc.KH, pc.T, pc.D, pc.steps, pc.blocks_per_seg
     fmt = E4M3 if pc.fp8 else BF16
     n_seg, KHD = KH * T * D, KH * D
@@ -244,12 +283,16 @@ def _decode(pc, predictor, dev: torch.device, use_lut: bool = True) -> Decoded:
     wbase = np.cumsum(pc.n_words) - pc.n_words
     rlen = pc.n_low + pc.n_ref
     rbase = np.cumsum(rlen) - rlen
-    states, wb, nw, rb, nlow, nref = (up(a) for a in (pc.states, wbase, pc.n_words, rbase, pc.n_low, pc.n_ref))
-    words = torch.from_numpy(pc.words.astype(np.int32)).to(dev)
+    wb, nw, rb, nlow, nref = (up(a) for a in (wbase, pc.n_words, rbase, pc.n_low, pc.n_ref))
+    # the streams cross to the GPU once, as bytes; little/big-endian words are assembled there
+    o_states, o_words, o_raw, o_exp = pc.offsets
+    buf = on_device if on_device is not None else _upload(data, o_states, o_exp, dev)
+    base = o_states if on_device is None else 0
+    states = _le(buf[o_states - base:o_words - base], 4).reshape(-1, BLOCK_LANES)
+    words = _le(buf[o_words - base:o_raw - base], 2).int()
     if words.numel() == 0:
         words = torch.zeros(1, dtype=torch.int32, device=dev)
-    rawp = bytes(pc.raw) + b"\0" * (-len(pc.raw) % 4) + b"\0" * 8
-    raw = up(np.frombuffer(rawp, ">u4").astype(np.int64))
+    raw = _be32(buf[o_raw - base:o_exp - base])
     out = torch.zeros((L, 2, KH, T, D), dtype=torch.uint8 if pc.fp8 else torch.int16, device=dev)
     exps = torch.zeros((L, 2, KH, T), dtype=torch.int32, device=dev) if pc.fp8 else None
     er = ExponentReader(pc.exp_bytes, dev) if pc.fp8 else None

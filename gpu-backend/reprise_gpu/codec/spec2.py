@@ -89,6 +89,7 @@ class Parsed2:
     raw: bytes
     exp_bytes: bytes
     values_hash: int
+    offsets: tuple[int, int, int, int] = (0, 0, 0, 0)   # byte offsets of states, words, raw, exponents
 
 
 def parse_v2(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int, token_start: int,
@@ -136,12 +137,16 @@ def parse_v2(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_
     per_block = np.minimum(BLOCK_LANES * S, n_seg - np.arange(nb) * BLOCK_LANES * S)
     if n_all and bool(np.any(table[:, 0] > np.tile(per_block, 2 * L))):
         return Decoded(Status.CORRUPT, None, "a block has more words than symbols")
+    o_states = off
     states = np.frombuffer(data, "<u4", n_all * BLOCK_LANES, off).reshape(n_all, BLOCK_LANES)
     off += 4 * BLOCK_LANES * n_all
+    o_words = off
     words = np.frombuffer(data, "<u2", n_words, off)
     off += 2 * n_words
+    mv = memoryview(data)                    # views: a GPU decoder copies the streams itself
     return Parsed2(mode == MODES["fp8"], model != MODELS["baseline"], L, KH, T, D, S, nb, params, table[:, 0],
-                   table[:, 1], table[:, 2], states, words, data[off:off + n_raw], data[off + n_raw:], vhash)
+                   table[:, 1], table[:, 2], states, words, mv[off:off + n_raw], mv[off + n_raw:], vhash,
+                   (o_states, o_words, off, off + n_raw))
 
 
 def decode_chunk_v2(data: bytes, predictor: Predictor, *, fingerprint: str, layers: int, kv_heads: int,
