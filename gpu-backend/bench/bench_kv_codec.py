@@ -225,11 +225,11 @@ class EmulatedOps:
     def _w(self, w, sw):
         return self.blk.get(id(w), None) if id(w) in self.blk else w.float() * sw[:, None]
 
-    def linear(self, xq, w, sw, wide=False):
+    def linear(self, xq, w, sw, wide=False, fast=False):
         x = xq[0].float() if xq[1] is None else xq[0].float() * xq[1][:, None]
         return x @ self._w(w, sw).T
 
-    def kv_split_linear(self, xq, dq, w, sw, r, sr):
+    def kv_split_linear(self, xq, dq, w, sw, r, sr, fast=False):
         x = xq[0].float() if xq[1] is None else xq[0].float() * xq[1][:, None] + dq[0].float() * dq[1][:, None]
         return x @ (w.float() * sw[:, None] + r.float() * sr[:, None]).T
 

@@ -95,7 +95,8 @@ class Run:
         self.pos = torch.cat([torch.arange(s.start, s.start + n, device=dev) for s, n in zip(seqs, self.lens)])
         self.cs = spec.w.rope[self.pos].contiguous()                      # [T, D]: cos then sin
         self.h = spec.w.embed[ids].float()
-        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev)
+        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev, window=spec.recipe.window)
+        self.fast = spec.recipe.fast_accum
         self.layer = 0
         self.pending = None
 
@@ -109,9 +110,9 @@ class Run:
         nq, dq, rms = ops.norm_quant(self.h, w["g1"], a.norm_eps, r.kv_split)
         q = None
         if r.kv_split:
-            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"])
+            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"], fast=self.fast)
         else:
-            qkv = ops.linear(nq, w["qkv"], w["qkv_s"])
+            qkv = ops.linear(nq, w["qkv"], w["qkv_s"], fast=self.fast)
             q, kv = qkv[:, :q_size], qkv[:, q_size:]
         k_pre = kv[:, : KH * D].reshape(T, KH, D)
         v = kv[:, KH * D:].reshape(T, KH, D)
@@ -139,19 +140,19 @@ class Run:
         if r.correction:
             res = torch.cat([(ops.rope(k_ex, self.cs, inverse=True) - p["k_pre"]).reshape(T, -1),
                              (v_ex - p["v"]).reshape(T, -1)], dim=1)
-            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
+            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"], fast=self.fast)
             self.h = self.h + du * p["rms"]
             nq, _, _ = ops.norm_quant(self.h, w["g1"], a.norm_eps, False)
             q = None
         if q is None:
             wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
-            q = ops.linear(nq, wq, sq)
+            q = ops.linear(nq, wq, sq, fast=self.fast)
         q = ops.rope(q.reshape(T, H, D), self.cs, out_dtype=ops.ATTN_DTYPE)
         o = self.kv.attend(layer, q, self.pos)
-        self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"])
+        self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"], fast=self.fast)
         nq2, _, _ = ops.norm_quant(self.h, w["g2"], a.norm_eps, False)
-        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True)
-        self.h = self.h + ops.linear(ops.silu_mul_quant(gu, a.ffn_dim), w["down"], w["down_s"])
+        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True, fast=self.fast)
+        self.h = self.h + ops.linear(ops.silu_mul_quant(gu, a.ffn_dim), w["down"], w["down_s"], fast=self.fast)
 
     def own_past(self, i: int) -> torch.Tensor:
         """[L, 2, KH, n, D]: the K/V this run attended with for sequence i's new tokens (a next call's past_kv)."""
