@@ -111,7 +111,8 @@ def measure(name: str, H: int, dev: str, recipe: str, load: int) -> tuple:
     if load:                        # S resumed sessions of H + N tokens and S decoders of 512 + what they generate
         blocks = max(blocks, load * ((H + NEW_TOKENS + 16) // 16 + 1 + (512 + 1024) // 16))
     common = dict(model=name, device=dev, num_kv_blocks=blocks, max_num_seqs=max(4, 2 * load + 4),
-                  max_num_batched_tokens=8192, prefill_chunk_size=4096)
+                  max_num_batched_tokens=8192, prefill_chunk_size=4096,
+                  max_seq_len=max(8192, H + NEW_TOKENS + 16))
     raw = LLMEngine(Config(**common), cuda_graphs=False)
     coded = LLMEngine(Config(**common, kv_codec="spec-v2"), model=raw.model, tokenizer=raw.tokenizer, cuda_graphs=False)
     if recipe != "w8a8-kvx":

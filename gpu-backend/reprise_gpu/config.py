@@ -93,10 +93,12 @@ class Config:
     secret: str | None = None            # HMAC secret for the edge; None disables the server's auth
     tokenizer_path: str | None = None    # tokenizer.json; None: the tokenizer in the GGUF metadata
     kv_codec: str = "raw"                # exported KV chunks: "raw" (the cache's dtype) | "spec-v1" | "spec-v2" (BF16)
+    max_seq_len: int | None = None       # longest sequence (RoPE table); None: the preset's
     model_args: ModelArgs = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.model_args = get_model_args(self.model)
+        self.model_args = get_model_args(self.model, **({} if self.max_seq_len is None else
+                                                         {"max_seq_len": self.max_seq_len}))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
