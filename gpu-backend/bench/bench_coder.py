@@ -110,15 +110,34 @@ def run(a):
             t_enc, data = timed(lambda: gpu.encode_v2(x, p, fingerprint="bench", token_start=0), rep, sync)
             bits = 8 * len(data) / n
             emit(**base, coder="gpu-v2", op="encode", seconds=t_enc, GBps=gb / t_enc, bits_per_value=bits)
-            for lut in (True, False) if a.variants else (True,):
+            for lut in (True, False):
                 t_dec, res = timed(lambda: gpu.decode_v2(data, Fixed(p, True), device=dev, lut=lut, **shape),
                                    rep, sync)
-                assert res.ok and torch.equal(res.values, x), res.message
-                emit(**base, coder="gpu-v2", op="decode", variant="lut" if lut else "search", seconds=t_dec,
-                     GBps=gb / t_dec, bits_per_value=bits)
+                ok = bool(res.ok and torch.equal(res.values, x))
+                emit(**base, coder="gpu-v2", op="decode", variant=("lut" if lut else "search") + ("" if ok else "-WRONG"),
+                     seconds=t_dec, GBps=gb / t_dec, bits_per_value=bits, message=res.message)
             t_lay, res = timed(lambda: gpu.decode_v2(data, Fixed(p, False), device=dev, **shape), rep, sync)
-            assert res.ok and torch.equal(res.values, x)
-            emit(**base, coder="gpu-v2", op="decode", variant="per-layer", seconds=t_lay, GBps=gb / t_lay,
+            ok = bool(res.ok and torch.equal(res.values, x))
+            emit(**base, coder="gpu-v2", op="decode", variant="per-layer" + ("" if ok else "-WRONG"), seconds=t_lay,
+                 GBps=gb / t_lay, bits_per_value=bits)
+            try:                    # the software-pipelined decode kernel, if it decodes right here
+                gpu.PIPELINED = True
+                t2, res = timed(lambda: gpu.decode_v2(data, Fixed(p, True), device=dev, **shape), rep, sync)
+                ok = bool(res.ok and torch.equal(res.values, x))
+                emit(**base, coder="gpu-v2", op="decode", variant="pipelined" if ok else "pipelined-WRONG",
+                     seconds=t2, GBps=gb / t2, bits_per_value=bits, message=res.message)
+            finally:
+                gpu.PIPELINED = False
+            on_dev = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev)
+            from reprise_gpu.codec.spec2 import parse_v2
+            o_states = parse_v2(data, **shape).offsets[0]
+            t2, res = timed(lambda: gpu.decode_v2(data, Fixed(p, True), device=dev, on_device=on_dev[o_states:],
+                                                  **shape), rep, sync)
+            ok = bool(res.ok and torch.equal(res.values, x))
+            emit(**base, coder="gpu-v2", op="decode", variant="stream-on-gpu" + ("" if ok else "-WRONG"), seconds=t2,
+                 GBps=gb / t2, bits_per_value=bits)
+            t2, _ = timed(lambda: gpu.encode_v2(x, p, fingerprint="bench", token_start=0, as_tensor=True), rep, sync)
+            emit(**base, coder="gpu-v2", op="encode", variant="stream-stays-on-gpu", seconds=t2, GBps=gb / t2,
                  bits_per_value=bits)
             if a.variants:
                 for steps in (256, 1024):
@@ -140,16 +159,16 @@ def run(a):
                 emit(**base, coder="numpy-v2", op="encode", seconds=t, GBps=gb / t, bits_per_value=8 * len(ref) / n,
                      same_bytes_as_gpu=ref == data)
                 t, res = timed(lambda: decode_chunk_v2(data, FixedPredictions(pn), **shape), 1, lambda: None)
-                assert res.ok and np.array_equal(res.values, xn)
-                emit(**base, coder="numpy-v2", op="decode", seconds=t, GBps=gb / t)
+                emit(**base, coder="numpy-v2", op="decode", seconds=t, GBps=gb / t,
+                     ok=bool(res.ok and np.array_equal(res.values, xn)))
                 t, d1 = timed(lambda: encode_chunk(xn, pn, fingerprint="bench", token_start=0), 1, lambda: None)
                 emit(**base, coder="numpy-v1", op="encode", seconds=t, GBps=gb / t, bits_per_value=8 * len(d1) / n)
                 t, res = timed(lambda: decode_chunk(d1, FixedPredictions(pn), **shape), 1, lambda: None)
                 assert res.ok
                 emit(**base, coder="numpy-v1", op="decode", seconds=t, GBps=gb / t)
                 t, res = timed(lambda: decode_chunk_torch(d1, Fixed(p, False), device=dev, **shape), 1, sync)
-                assert res.ok and np.array_equal(res.values, xn)
-                emit(**base, coder="torch-v1", op="decode", seconds=t, GBps=gb / t)
+                emit(**base, coder="torch-v1", op="decode", seconds=t, GBps=gb / t,
+                     ok=bool(res.ok and np.array_equal(res.values, xn)))
             del x, p
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -198,6 +217,7 @@ def compile_only():
             base = dict(D=D, FP8=fmt is E4M3, BLOCKS=gpu.BLOCKS, **meta)
             for search in (False, True):
                 build(rans_tl._decode_kernel, dict(base, SEARCH=search), out=out)
+            build(rans_tl._decode_kernel_pipelined, dict(base, SEARCH=False), out=out)
             build(rans_tl._encode_kernel, base, out=out)
             build(rans_tl._pack_kernel, base, out=out)
             m = {k: v for k, v in meta.items() if k != "PHASE"}

@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from reprise_gpu.config import Config  # noqa: E402
+from reprise_gpu.engine.detokenizer import ByteTokenizer  # noqa: E402
 from reprise_gpu.engine.kv_restore import Restored  # noqa: E402
 from reprise_gpu.engine.llm_engine import LLMEngine  # noqa: E402
 from reprise_gpu.engine.sampling import SamplingParams  # noqa: E402
@@ -113,7 +114,8 @@ def measure(name: str, H: int, dev: str, recipe: str, load: int) -> tuple:
     common = dict(model=name, device=dev, num_kv_blocks=blocks, max_num_seqs=max(4, 2 * load + 4),
                   max_num_batched_tokens=8192, prefill_chunk_size=4096,
                   max_seq_len=max(8192, H + NEW_TOKENS + 16))
-    raw = LLMEngine(Config(**common), cuda_graphs=False)
+    tok = None if name == "smollm2-135m" else ByteTokenizer()    # random weights: ids only, no text needed
+    raw = LLMEngine(Config(**common), tokenizer=tok, cuda_graphs=False)
     coded = LLMEngine(Config(**common, kv_codec="spec-v2"), model=raw.model, tokenizer=raw.tokenizer, cuda_graphs=False)
     if recipe != "w8a8-kvx":
         from reprise_gpu.engine.kv_restore import SpecKvCoder

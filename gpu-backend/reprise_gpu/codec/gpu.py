@@ -29,12 +29,13 @@ from .grid import BF16, E4M3
 from .model import BASELINE_MIX, MIX_CANDIDATES, MODELS, REFINE_DELTAS, SegmentParams
 from .rans import CodecError
 from .rans_kernel import slot_lut
-from .rans_tl import _cost_kernel, _decode_kernel, _encode_kernel, _pack_kernel
+from .rans_tl import _cost_kernel, _decode_kernel, _decode_kernel_pipelined, _encode_kernel, _pack_kernel
 from .spec import MODES, Decoded, fingerprint_digest, params_bytes
 from .spec2 import BLOCK, HEAD2, SIZES, block_steps_for, parse_v2
 from .tables import build_tables, cost_table_q, cumulative
 
 BLOCKS = 4                                   # rANS blocks per program: 4 warps, one block per warp
+PIPELINED = False                            # decode with _decode_kernel_pipelined (a variant under measurement)
 STANDARD_MIXES = tuple(MIX_CANDIDATES) + (BASELINE_MIX,)
 MAX_TABLE_SETS = 17                          # a chunk naming more distinct mixtures decodes on the NumPy path
 
@@ -305,7 +306,7 @@ def _decode(pc, predictor, dev: torch.device, use_lut: bool = True, data=None,
         """Decode segments [s0, s0 + n) against pred [n, KH, T, D] (FP8: already / 2^e) into dst."""
         b0, b1 = s0 * nb, (s0 + n) * nb
         if nb:
-            _decode_kernel[(triton.cdiv(n * nb, BLOCKS),)](
+            (_decode_kernel_pipelined if PIPELINED else _decode_kernel)[(triton.cdiv(n * nb, BLOCKS),)](
                 pred, rowexp, scale[s0:], mix[s0:], lut if lut is not None else dummy, freq, cum, states[b0:b1],
                 wb[b0:b1], nw[b0:b1], rb[b0:b1], nlow[b0:b1], nref[b0:b1], words, raw, dst, status[b0:b1],
                 hsh[b0:b1], n * nb, nb, n_seg, T * D, KHD, S, s0, 8 * len(pc.raw), **kw)

@@ -45,7 +45,6 @@ def _value_layout(pred_ptr, rowexp_ptr, scale_ptr, seg, vi, act, n_seg, TD, KHD,
 
 
 # ---- decode -------------------------------------------------------------------------------------------
-
 @triton.jit(do_not_specialize=["n_blocks", "nb_seg", "n_seg", "TD", "KHD", "steps", "seg0", "raw_bits"])
 def _decode_kernel(
         # per value: predictions (float32, FP8: already / 2^e) and row exponents of the launched segments
@@ -65,10 +64,98 @@ def _decode_kernel(
     lb = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
     okb = lb < n_blocks
     seg_l = lb // nb_seg                     # segment within this launch (seg0 + seg_l in the chunk)
+    gb = lb
+    lanes = tl.arange(0, 32)
+    x = tl.load(states_ptr + gb[:, None] * 32 + lanes[None, :], mask=okb[:, None], other=65536)
+    wbase = tl.load(wbase_ptr + gb, mask=okb, other=0)
+    nw = tl.load(nwords_ptr + gb, mask=okb, other=0)
+    lowc = tl.load(rbase_ptr + gb, mask=okb, other=0)
+    refc = lowc + tl.load(nlow_ptr + gb, mask=okb, other=0)
+    ref_end = refc + tl.load(nref_ptr + gb, mask=okb, other=0)
+    low_end = refc
+    tb0 = tl.load(mix_ptr + seg_l, mask=okb, other=0) * 196
+    wptr = tl.zeros([BLOCKS], tl.int64)
+    err = tl.max((x < 65536).to(tl.int32), axis=1)      # initial states below 2^16: no encoder writes them
+    hsum = tl.zeros([BLOCKS], tl.uint64)
+    s = tl.program_id(0) * 0                 # loop-carried tensor: the interpreter cannot range() a runtime bound
+    while s < steps:
+        vi = (lb % nb_seg)[:, None] * (32 * steps) + s * 32 + lanes[None, :]
+        act = okb[:, None] & (vi < n_seg)
+        G, c0, tid, shift = _value_layout(pred_ptr, rowexp_ptr, scale_ptr, seg_l[:, None], vi, act, n_seg, TD, KHD,
+                                          D, FP8, MB, BIAS, EXP_MAX, MAXF, PHASE)
+        tb = tb0[:, None] + tid
+        slot = x & 0x7FFF
+        if SEARCH:      # the last symbol whose start <= slot: 7 halvings of the 82 starts
+            sym = tl.zeros_like(tid)
+            for k in tl.static_range(7):
+                cand = sym + (64 >> k)
+                st = tl.load(cum_ptr + tb * 82 + cand, mask=act & (cand < 82), other=1 << 30)
+                sym = tl.where(st <= slot, cand, sym)
+        else:
+            sym = tl.load(lut_ptr + tb.to(tl.int64) * 32768 + slot, mask=act, other=0).to(tl.int32)
+        f = tl.load(freq_ptr + tb * 82 + sym, mask=act, other=1).to(tl.int64)
+        c = tl.load(cum_ptr + tb * 82 + sym, mask=act, other=0).to(tl.int64)
+        xn = f * (x >> 15) + slot - c
+        need = act & (xn < 65536)
+        ni = need.to(tl.int32)
+        widx = wptr[:, None] + (tl.cumsum(ni, axis=1) - ni)
+        over = need & (widx >= nw[:, None])
+        w = tl.load(words_ptr + wbase[:, None] + widx, mask=need & ~over, other=0).to(tl.int64)
+        x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
+        wptr += tl.sum(ni, axis=1)
+        esc = sym == 81
+        low_len = tl.where(esc | ~act, 0, shift)
+        off = lowc[:, None] + (tl.cumsum(low_len, axis=1) - low_len)
+        over = over | (act & (off + low_len > raw_bits))
+        low = read_bits(raw_ptr, off, low_len, act)
+        lowc += tl.sum(low_len, axis=1)
+        k = c0 + (sym - 40) * (1 << shift) + low
+        ref_len = tl.where(act, tl.where(esc, RAW, refinement_len(tl.abs(k), G, MB)), 0)
+        off = refc[:, None] + (tl.cumsum(ref_len, axis=1) - ref_len)
+        over = over | (act & (off + ref_len > raw_bits))
+        ref = read_bits(raw_ptr, off, ref_len, act)
+        refc += tl.sum(ref_len, axis=1)
+        bits, valid = from_grid(tl.where(esc, 1, k), ref, G, MB, EXP_MAX, RAW, NAN_MANT)
+        v = tl.where(esc, ref, bits)
+        bad = over | (act & ~esc & ~valid)
+        err = tl.maximum(err, tl.max(bad.to(tl.int32), axis=1))
+        oidx = seg_l[:, None].to(tl.int64) * n_seg + vi
+        if FP8:
+            tl.store(out_ptr + oidx, v.to(tl.uint8), mask=act)
+        else:
+            tl.store(out_ptr + oidx, v.to(tl.int16), mask=act)
+        z = (((seg0 + seg_l)[:, None].to(tl.int64) * n_seg + vi).to(tl.uint64) << 16) | (v & 0xFFFF).to(tl.uint64)
+        hsum += tl.sum(tl.where(act, mix64(z), tl.zeros_like(z)), axis=1)
+        s += 1
+    done = (wptr == nw) & (tl.max((x != 65536).to(tl.int32), axis=1) == 0) & (lowc == low_end) & (refc == ref_end)
+    tl.store(status_ptr + gb, tl.where(done & (err == 0), 0, 1), mask=okb)
+    tl.store(hash_ptr + gb, hsum.to(tl.int64, bitcast=True), mask=okb)
+
+
+
+@triton.jit(do_not_specialize=["n_blocks", "nb_seg", "n_seg", "TD", "KHD", "steps", "seg0", "raw_bits"])
+def _decode_kernel_pipelined(
+        # per value: predictions (float32, FP8: already / 2^e) and row exponents of the launched segments
+        pred_ptr, rowexp_ptr,
+        # per segment: scales int32 [., KH*D], table set index int32 [.]
+        scale_ptr, mix_ptr, lut_ptr, freq_ptr, cum_ptr,
+        # per block (int64): states [., 32], word base and count, low-bit base/count, ref count
+        states_ptr, wbase_ptr, nwords_ptr, rbase_ptr, nlow_ptr, nref_ptr, words_ptr, raw_ptr,
+        # outputs: target bits of the launched segments; per block status and values-hash part
+        out_ptr, status_ptr, hash_ptr,
+        # sizes; every per-segment and per-block pointer starts at the launch's first segment seg0
+        n_blocks, nb_seg, n_seg, TD, KHD, steps, seg0, raw_bits,
+        # meta
+        D: tl.constexpr, FP8: tl.constexpr, MB: tl.constexpr, BIAS: tl.constexpr, EXP_MAX: tl.constexpr,
+        RAW: tl.constexpr, NAN_MANT: tl.constexpr, MAXF: tl.constexpr, PHASE: tl.constexpr, BLOCKS: tl.constexpr,
+        SEARCH: tl.constexpr):
+    """The same decode as _decode_kernel, software-pipelined (a variant the benchmark times)."""
+    lb = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
+    okb = lb < n_blocks
+    seg_l = lb // nb_seg                     # segment within this launch (seg0 + seg_l in the chunk)
     lanes = tl.arange(0, 32)
     x = tl.load(states_ptr + lb[:, None] * 32 + lanes[None, :], mask=okb[:, None], other=65536)
     err = tl.max((x < 65536).to(tl.int32), axis=1)      # initial states below 2^16: no encoder writes them
-    x = x.to(tl.uint32)                      # states < 2^32 and every product below fit 32 bits
     wbase = tl.load(wbase_ptr + lb, mask=okb, other=0)
     nw = tl.load(nwords_ptr + lb, mask=okb, other=0)
     lowc = tl.load(rbase_ptr + lb, mask=okb, other=0)
@@ -92,7 +179,7 @@ def _decode_kernel(
         vi = vb + s * 32
         # stage 1, step s: the symbol (gather 1)
         tb = tb0[:, None] + tid
-        slot = (x & 0x7FFF).to(tl.int32)
+        slot = x & 0x7FFF
         if SEARCH:      # the last symbol whose start <= slot: 7 halvings of the 82 starts
             sym = tl.zeros_like(tid)
             for k in tl.static_range(7):
@@ -109,8 +196,8 @@ def _decode_kernel(
         low = read_bits(raw_ptr, off, low_len, act_p)
         lowc += tl.sum(low_len, axis=1)
         # stage 1: frequency and start (gather 2)
-        f = tl.load(freq_ptr + tb * 82 + sym, mask=act, other=1).to(tl.uint32)
-        c = tl.load(cum_ptr + tb * 82 + sym, mask=act, other=0).to(tl.uint32)
+        f = tl.load(freq_ptr + tb * 82 + sym, mask=act, other=1).to(tl.int64)
+        c = tl.load(cum_ptr + tb * 82 + sym, mask=act, other=0).to(tl.int64)
         # stage 2: the value's grid position, then its refinement/escape bits (read 2)
         k = c0_p + (sym_p - 40) * (1 << shift_p) + low
         ref_len = tl.where(act_p, tl.where(esc_p, RAW, refinement_len(tl.abs(k), G_p, MB)), 0)
@@ -119,12 +206,12 @@ def _decode_kernel(
         ref = read_bits(raw_ptr, off, ref_len, act_p)
         refc += tl.sum(ref_len, axis=1)
         # stage 1: state update and renormalization (gather 3)
-        xn = f * (x >> 15) + slot.to(tl.uint32) - c
+        xn = f * (x >> 15) + slot - c
         need = act & (xn < 65536)
         ni = need.to(tl.int32)
         widx = wptr[:, None] + (tl.cumsum(ni, axis=1) - ni)
         over_w = need & (widx >= nw[:, None])
-        w = tl.load(words_ptr + wbase[:, None] + widx, mask=need & ~over_w, other=0).to(tl.uint32)
+        w = tl.load(words_ptr + wbase[:, None] + widx, mask=need & ~over_w, other=0).to(tl.int64)
         # stage 2: the value
         bits, valid = from_grid(tl.where(esc_p, 1, k), ref, G_p, MB, EXP_MAX, RAW, NAN_MANT)
         v = tl.where(esc_p, ref, bits)
