@@ -288,7 +288,7 @@ def _decode(pc, predictor, dev: torch.device, use_lut: bool = True, data=None,
     # the streams cross to the GPU once, as bytes; little/big-endian words are assembled there
     o_states, o_words, o_raw, o_exp = pc.offsets
     buf = on_device if on_device is not None else _upload(data, o_states, o_exp, dev)
-    base = o_states if on_device is None else 0
+    base = o_states                          # both start at the states: on_device is the chunk from there on
     states = _le(buf[o_states - base:o_words - base], 4).reshape(-1, BLOCK_LANES)
     words = _le(buf[o_words - base:o_raw - base], 2).int()
     if words.numel() == 0:
