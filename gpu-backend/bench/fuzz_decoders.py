@@ -194,7 +194,7 @@ def atheris_child(runs: int, out: str) -> None:
     """libFuzzer over the NumPy decoders: input = seed index byte + chunk bytes; a finding raises."""
     import atheris
     with atheris.instrument_imports():
-        from reprise_gpu.codec import spec, spec2  # noqa: F401
+        from reprise_gpu.codec import spec, spec2  # noqa: F401  (instrumented for coverage)
     cases = load_corpus()
     decs = decoders(gpu=False)
     stats = dict(cases=0, per_decoder={}, findings=[])

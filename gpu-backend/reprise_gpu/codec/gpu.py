@@ -31,7 +31,7 @@ from .rans import CodecError
 from .rans_kernel import slot_lut
 from .rans_tl import _cost_kernel, _decode_kernel, _decode_kernel_pipelined, _encode_kernel, _pack_kernel
 from .spec import MODES, Decoded, fingerprint_digest, params_bytes
-from .spec2 import BLOCK, HEAD2, SIZES, block_steps_for, parse_v2
+from .spec2 import HEAD2, SIZES, block_steps_for, parse_v2
 from .tables import build_tables, cost_table_q, cumulative
 
 BLOCKS = 4                                   # rANS blocks per program: 4 warps, one block per warp
@@ -356,4 +356,4 @@ def warm_up(device: torch.device) -> None:
               device=device)
 
 
-__all__ = ["BLOCK", "decode_v2", "encode_v2", "warm_up"]
+__all__ = ["decode_v2", "encode_v2", "warm_up"]

@@ -25,7 +25,7 @@ import numpy as np
 from .format import (CLASS_MIN, CLASS_WIDE, ESCAPE, GRID_FRAC_BITS, MAX_REL_SCALE, N_NARROW, N_SYMBOLS, N_TABLES,
                      PROB_BITS, SCALE_STEPS, WINDOW)
 from .grid import FloatFormat, pred_center, pred_exponent, refinement_len, to_grid
-from .tables import COST_FRAC_BITS, build_tables, cost_table_q
+from .tables import COST_FRAC_BITS, cost_table_q
 
 MODELS = {"baseline": 0, "improved": 1}
 BASELINE_MIX = (8, 8, 1, 0)          # a_w = 8/256 at 4x sigma, floor 1/256, no extra escape mass

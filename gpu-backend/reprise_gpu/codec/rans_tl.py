@@ -26,9 +26,7 @@ import triton.language as tl
 
 from .model_tl import from_grid, layout, mix64, read_bits, refinement_len, sanitize, symbolize
 
-TABLE_ROWS = 196       # N_TABLES
-NSYM = 82              # N_SYMBOLS
-M_SLOTS = 1 << 15      # 2^PROB_BITS
+# Table geometry in the kernels: 196 tables (N_TABLES) x 82 symbols (N_SYMBOLS), 2^15 slots (PROB_BITS).
 
 
 @triton.jit
