@@ -30,8 +30,10 @@ VERSIONS = (1, 2)
 
 
 def encode(target, pred, *, fingerprint: str, token_start: int, model: str = "improved", version: int = 2,
-           lanes: int | None = None, block_steps: int | None = None, stats: dict | None = None) -> bytes:
-    """spec-v`version` bytes of `target` coded against `pred`."""
+           lanes: int | None = None, block_steps: int | None = None, stats: dict | None = None,
+           as_tensor: bool = False) -> bytes:
+    """spec-v`version` bytes of `target` coded against `pred` (as_tensor: the GPU coder's uint8 tensor,
+    still on the GPU, instead of bytes)."""
     if version not in VERSIONS:
         raise ValueError(f"spec version must be one of {VERSIONS}")
     if isinstance(pred, torch.Tensor) and pred.is_cuda:
@@ -39,7 +41,7 @@ def encode(target, pred, *, fingerprint: str, token_start: int, model: str = "im
             raise ValueError("the GPU coder writes spec-v2")
         from .gpu import encode_v2
         return encode_v2(target, pred, fingerprint=fingerprint, token_start=token_start, model=model,
-                         block_steps=block_steps)
+                         block_steps=block_steps, as_tensor=as_tensor)
     pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
     if isinstance(target, tuple):
         target = Fp8Kv(target[0].cpu().numpy(), target[1].cpu().numpy())

@@ -109,12 +109,13 @@ class SpecKvCoder:
         bits = kv.contiguous().view(torch.int16)
         args = dict(fingerprint=self.fingerprint, token_start=start, model=self.model_name, version=self.version)
         on_gpu = pred.is_cuda and self.version == 2
-        payload = codec_api.encode(bits, pred, **args) if on_gpu else None
+        # the GPU coder leaves the chunk on the GPU: its copy out happens on the coder thread
+        payload = codec_api.encode(bits, pred, **args, as_tensor=True) if on_gpu else None
         if not on_gpu:
             pred, bits = pred.cpu(), bits.cpu()
 
         def code() -> bytes:
-            body = payload if payload is not None else codec_api.encode(bits, pred, **args)
+            body = payload.cpu().numpy().tobytes() if payload is not None else codec_api.encode(bits, pred, **args)
             return kv_io.encode_container(producer, self.codec, tuple(kv.shape), start, body)
         return self._encoder.submit(code)
 
