@@ -97,13 +97,15 @@ class Config:
     port: int = 8000
     secret: str | None = None            # HMAC secret for the edge; None disables the server's auth
     tokenizer_path: str | None = None    # tokenizer.json; None: the tokenizer in the GGUF metadata
-    kv_codec: str = "raw"                # exported KV chunks: "raw" (the cache's dtype) | "spec-v1" (BF16 only)
+    kv_codec: str = "raw"                # exported KV chunks: "raw" (the cache's dtype) | "spec-v1" | "spec-v2" (BF16)
+    max_seq_len: int | None = None       # longest sequence (RoPE table); None: the preset's
     max_loras: int = 64                  # LoRA adapters resident in the KV pool at once (slots); 0: no LoRA
     lora_host_bytes: int = 4 << 30       # host LRU of parsed, paged adapters
     model_args: ModelArgs = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.model_args = get_model_args(self.model)
+        self.model_args = get_model_args(self.model, **({} if self.max_seq_len is None else
+                                                         {"max_seq_len": self.max_seq_len}))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
@@ -119,10 +121,10 @@ class Config:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs (one decode token per sequence)")
         if self.prefill_chunk_size > self.max_num_batched_tokens:
             raise ValueError("prefill_chunk_size must be <= max_num_batched_tokens")
-        if self.kv_codec not in ("raw", "spec-v1"):
-            raise ValueError(f"kv_codec must be raw or spec-v1, got {self.kv_codec!r}")
-        if self.kv_codec == "spec-v1" and self.dtype != "bfloat16":
-            raise ValueError("kv_codec spec-v1 codes BF16 caches: use dtype bfloat16")
+        if self.kv_codec not in ("raw", "spec-v1", "spec-v2"):
+            raise ValueError(f"kv_codec must be raw, spec-v1 or spec-v2, got {self.kv_codec!r}")
+        if self.kv_codec != "raw" and self.dtype != "bfloat16":
+            raise ValueError(f"kv_codec {self.kv_codec} codes BF16 caches: use dtype bfloat16")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
         if self.gguf_path is None and self.model == "smollm2-135m":

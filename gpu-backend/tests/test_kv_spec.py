@@ -1,4 +1,5 @@
-"""Session chunks coded with spec-v1: exported by one turn, decoded by the next, bit for bit (tiny model, CPU)."""
+"""Session chunks coded with spec-v1 and spec-v2: exported by one turn, decoded by the next, bit for bit
+(tiny model, CPU: the NumPy coders; on CUDA spec-v2 runs on the GPU coder)."""
 
 import hashlib
 import json
@@ -35,10 +36,10 @@ def rewrap(chunk: bytes, payload: bytes) -> bytes:
     return struct.pack("<4sHI", kv_io.MAGIC, kv_io.VERSION, len(hb)) + hb + payload
 
 
-@pytest.fixture(scope="module")
-def three_turns():
-    """Turns 1-2 export spec-v1 chunks [0, a) and [a, b); a raw engine on the same weights gives the truth."""
-    eng = tiny_engine(kv_codec="spec-v1")
+@pytest.fixture(scope="module", params=["spec-v1", "spec-v2"])
+def three_turns(request):
+    """Turns 1-2 export coded chunks [0, a) and [a, b); a raw engine on the same weights gives the truth."""
+    eng = tiny_engine(kv_codec=request.param)
     t1 = run_turn(eng, [5, 6, 7, 8, 9, 10, 11])
     t2 = run_turn(eng, t1.token_ids + [3, 1, 4], [t1.kv_chunk])
     return eng, t1, t2
@@ -47,8 +48,9 @@ def three_turns():
 def test_spec_chunks_decode_to_the_exact_cache(three_turns):
     eng, t1, t2 = three_turns
     h1, h2 = header(t1.kv_chunk), header(t2.kv_chunk)
-    assert (h1["codec"], h1["token_start"], h1["token_end"]) == ("spec-v1", 0, len(t1) - 1)
-    assert (h2["codec"], h2["token_start"], h2["token_end"]) == ("spec-v1", len(t1) - 1, len(t2) - 1)
+    codec = eng.config.kv_codec
+    assert (h1["codec"], h1["token_start"], h1["token_end"]) == (codec, 0, len(t1) - 1)
+    assert (h2["codec"], h2["token_start"], h2["token_end"]) == (codec, len(t1) - 1, len(t2) - 1)
     raw = tiny_engine()                                   # same weights, raw chunks: the values to match
     r2 = raw.add_request(t2.token_ids, SamplingParams(max_tokens=1, temperature=0), export_kv=True)
     while raw.has_work():

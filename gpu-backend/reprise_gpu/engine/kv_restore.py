@@ -32,7 +32,7 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from ..codec import api as codec
+from ..codec import api as codec_api
 from ..lora.pool import dense
 from ..speculator.lora import SpecLora
 from ..speculator.model import SeqInput, Speculator, SpeculatorPredictor
@@ -44,8 +44,8 @@ from .sequence import Sequence
 
 log = logging.getLogger(__name__)
 
-SPEC_CODEC = "spec-v1"
-KV_CODECS = ("raw", SPEC_CODEC)
+SPEC_CODECS = {"spec-v1": 1, "spec-v2": 2}     # container codec name -> spec version
+KV_CODECS = ("raw", *SPEC_CODECS)
 
 
 # ---- producer fingerprint ---------------------------------------------------------------------------
@@ -87,16 +87,16 @@ def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.de
 
 class SpecKvCoder:
     def __init__(self, model: torch.nn.Module, device: torch.device, recipe: str = "w8a8-kvx",
-                 model_name: str = "improved"):
+                 model_name: str = "improved", codec: str = "spec-v2"):
         """Derives the speculator from the BF16 model's weights (on the CPU, so its digest does not
-        depend on the machine) and runs it on `device`."""
-        self.args = model.args
+        depend on the machine) and runs it on `device`. `codec`: what export writes (both decode)."""
+        self.args, self.codec, self.version = model.args, codec, SPEC_CODECS[codec]
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
         self.model_name = model_name
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
         self._loras: dict[str, SpecLora] = {}
-        codec.warm_up(self.spec.device)
+        codec_api.warm_up(self.spec.device)
 
     @property
     def fingerprint(self) -> str:
@@ -123,20 +123,25 @@ class SpecKvCoder:
                      producer: str, adapter=None) -> Future[bytes]:
         """Container bytes for kv (BF16 [L, 2, KH, n, D]) of tokens [start, start + n); past: the exact
         K/V of [0, start) or None when start == 0. The speculator runs now, on the caller's thread (the
-        GPU work is short and must not race the engine's next step for the cache); the entropy coding
-        runs on this coder's thread, so the engine keeps stepping."""
+        GPU work is short and must not race the engine's next step for the cache). On CUDA the GPU coder
+        codes now too (spec-v2: milliseconds); the container's SHA-256, or the NumPy coder (seconds per
+        thousand tokens), runs on this coder's thread, so the engine keeps stepping."""
         if kv.dtype != torch.bfloat16:
-            raise ValueError("spec-v1 codes BF16 caches")
+            raise ValueError(f"{self.codec} codes BF16 caches")
         n = kv.shape[3]
         ids = torch.tensor(token_ids[start:start + n], dtype=torch.long)
         pred = self.spec.predict_all([SeqInput(ids, start, past)], [kv.float()], lora=self._lora(adapter))[0]
-        pred = pred.cpu().numpy()
-        bits = kv.cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
-        fingerprint = self.fingerprint_for(adapter)
+        bits = kv.contiguous().view(torch.int16)
+        args = dict(fingerprint=self.fingerprint_for(adapter), token_start=start, model=self.model_name, version=self.version)
+        on_gpu = pred.is_cuda and self.version == 2
+        # the GPU coder leaves the chunk on the GPU: its copy out happens on the coder thread
+        payload = codec_api.encode(bits, pred, **args, as_tensor=True) if on_gpu else None
+        if not on_gpu:
+            pred, bits = pred.cpu(), bits.cpu()
 
         def code() -> bytes:
-            payload = codec.encode(bits, pred, fingerprint=fingerprint, token_start=start, model=self.model_name)
-            return kv_io.encode_container(producer, SPEC_CODEC, tuple(kv.shape), start, payload)
+            body = payload.cpu().numpy().tobytes() if payload is not None else codec_api.encode(bits, pred, **args)
+            return kv_io.encode_container(producer, self.codec, tuple(kv.shape), start, body)
         return self._encoder.submit(code)
 
     @torch.no_grad()
@@ -151,12 +156,13 @@ class SpecKvCoder:
         a = self.args
         run = self.spec.start([SeqInput(torch.tensor(token_ids[s:e], dtype=torch.long), s, past)], self._lora(adapter))
         on_gpu = self.spec.device.type == "cuda"
-        res = codec.decode(chunk.payload, SpeculatorPredictor(run, tensors=on_gpu), fingerprint=self.fingerprint_for(adapter),
+        res = codec_api.decode(chunk.payload, SpeculatorPredictor(run, tensors=on_gpu), fingerprint=self.fingerprint_for(adapter),
                            layers=a.n_layers, kv_heads=a.n_kv_heads, head_dim=a.head_dim, token_start=s, token_end=e,
                            device=self.spec.device, payload_verified=True)
         if not res.ok:
-            raise ChunkError(f"spec-v1: {res.status.name}: {res.message}")
-        kv = torch.from_numpy(res.values.view(np.int16)).view(torch.bfloat16)
+            raise ChunkError(f"{chunk.codec}: {res.status.name}: {res.message}")
+        v = res.values
+        kv = (v if isinstance(v, torch.Tensor) else torch.from_numpy(v.view(np.int16))).view(torch.bfloat16)
         return KvChunk(s, e, kv)
 
 
@@ -195,8 +201,8 @@ class KvRestore:
         self.model, self.kv_cache = model, kv_cache
         self.args, self.device, self.dtype = model.args, torch.device(device), dtype
         self._weights_sha256: str | None = None
-        # "raw": chunks carry the cache's own dtype; "spec-v1": coded against the FP8 speculator
-        self.coder = SpecKvCoder(model, self.device) if kv_codec == SPEC_CODEC else None
+        # "raw": chunks carry the cache's own dtype; "spec-v1"/"spec-v2": coded against the FP8 speculator
+        self.coder = SpecKvCoder(model, self.device, codec=kv_codec) if kv_codec in SPEC_CODECS else None
 
     @property
     def producer(self) -> str:
@@ -213,7 +219,7 @@ class KvRestore:
         """One container, checked (producer, shape, payload SHA-256); raw codecs decoded, coded ones not yet."""
         a = self.args
         return kv_io.decode_chunk(data, producer=self.producer_for(adapter), layers=a.n_layers, kv_heads=a.n_kv_heads,
-                                  head_dim=a.head_dim, dtype=self.dtype, coded=(SPEC_CODEC,) if self.coder else ())
+                                  head_dim=a.head_dim, dtype=self.dtype, coded=tuple(SPEC_CODECS) if self.coder else ())
 
     def verify(self, kv_chunks: list[bytes], prompt_token_ids: list[int], adapter=None) -> Restored:
         """The restorable prefix of `kv_chunks` for this prompt (at most len(prompt) - 1 tokens: the last
@@ -305,9 +311,9 @@ class KvRestore:
 
     def export(self, seq: Sequence, start: int, end: int, form: str | None = None) -> Future[bytes]:
         """The chunk of tokens [start, end), read from the cache now (the blocks are freed next). Raw
-        chunks are done at once; spec-v1 predicts now and entropy-codes on the coder's own thread.
-        `form`: None for this engine's codec, "raw" for the cache's own dtype, "coded" for spec-v1
-        (raw when this engine has no coder)."""
+        chunks are done at once; speculative ones predict (and on CUDA code) now, see SpecKvCoder.
+        `form`: None for this engine's codec, "raw" for the cache's own dtype, "coded" for its speculative
+        codec (raw when this engine has no coder)."""
         kv = kv_io.gather_kv(self.kv_cache, seq.block_table, start, end)
         producer = self.producer_for(seq.adapter)
         if self.coder is None or form == "raw":

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--prefill-chunk-size", type=int, default=None)
     p.add_argument("--max-queue", type=int, default=None)
-    p.add_argument("--kv-codec", default="raw", choices=["raw", "spec-v1"],
-                   help="exported KV chunks: raw cache values, or spec-v1 (speculative coding: ~3x smaller, "
-                        "seconds per thousand tokens with the reference coder)")
+    p.add_argument("--kv-codec", default="raw", choices=["raw", "spec-v1", "spec-v2"],
+                   help="exported KV chunks: raw cache values, or speculatively coded (~3x smaller): spec-v1, "
+                        "or spec-v2 (blocks a GPU codes in parallel: the GPU coder on CUDA)")
     p.add_argument("--max-loras", type=int, default=None, help="LoRA adapters resident in the KV pool at once (0: none)")
     p.add_argument("--lora-host-bytes", type=int, default=None, help="host LRU of parsed adapters, bytes")
     p.add_argument("--no-cuda-graphs", action="store_true")

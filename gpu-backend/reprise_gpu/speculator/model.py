@@ -100,7 +100,8 @@ class Run:
         self.pos = torch.cat([torch.arange(s.start, s.start + n, device=dev) for s, n in zip(seqs, self.lens)])
         self.cs = spec.w.rope[self.pos].contiguous()                      # [T, D]: cos then sin
         self.h = spec.w.embed[ids].float()
-        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev)
+        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev, window=spec.recipe.window)
+        self.fast = spec.recipe.fast_accum
         self.layer = 0
         self.pending = None
 
@@ -114,9 +115,9 @@ class Run:
         nq, dq, rms = ops.norm_quant(self.h, w["g1"], a.norm_eps, r.kv_split)
         q = None
         if r.kv_split:
-            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"])
+            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"], fast=self.fast)
         else:
-            qkv = ops.linear(nq, w["qkv"], w["qkv_s"])
+            qkv = ops.linear(nq, w["qkv"], w["qkv_s"], fast=self.fast)
             q, kv = qkv[:, :q_size], qkv[:, q_size:]
         n = None
         if self.lora is not None:            # LoRA reads the normalized input before its FP8 rounding
@@ -150,29 +151,29 @@ class Run:
         if r.correction:
             res = torch.cat([(ops.rope(k_ex, self.cs, inverse=True) - p["k_pre"]).reshape(T, -1),
                              (v_ex - p["v"]).reshape(T, -1)], dim=1)
-            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
+            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"], fast=self.fast)
             self.h = self.h + du * p["rms"]
             nq, _, _ = ops.norm_quant(self.h, w["g1"], a.norm_eps, False)
             n = None if lora is None else cpu_ops.rms_norm(self.h, w["g1"], a.norm_eps)[0]
             q = None
         if q is None:
             wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
-            q = ops.linear(nq, wq, sq)
+            q = ops.linear(nq, wq, sq, fast=self.fast)
             if lora is not None:
                 q = lora.add(q, layer, ("q_proj",), n, (a.q_size,))
         q = ops.rope(q.reshape(T, H, D), self.cs, out_dtype=ops.ATTN_DTYPE)
         o = self.kv.attend(layer, q, self.pos).reshape(T, H * D)
-        attn_out = ops.linear(ops.quant_rows(o), w["o"], w["o_s"])
+        attn_out = ops.linear(ops.quant_rows(o), w["o"], w["o_s"], fast=self.fast)
         if lora is not None:
             attn_out = lora.add(attn_out, layer, ("o_proj",), o.float(), (a.dim,))
         self.h = self.h + attn_out
         nq2, _, _ = ops.norm_quant(self.h, w["g2"], a.norm_eps, False)
-        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True)
+        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True, fast=self.fast)
         F = a.ffn_dim
         if lora is not None:
             n2 = cpu_ops.rms_norm(self.h, w["g2"], a.norm_eps)[0]
             gu = lora.add(gu, layer, ("gate_proj", "up_proj"), n2, (F, F))
-        mlp_out = ops.linear(ops.silu_mul_quant(gu, F), w["down"], w["down_s"])
+        mlp_out = ops.linear(ops.silu_mul_quant(gu, F), w["down"], w["down_s"], fast=self.fast)
         if lora is not None:
             act = cpu_ops.silu_mul(gu[:, :F].float(), gu[:, F:].float())
             mlp_out = lora.add(mlp_out, layer, ("down_proj",), act, (a.dim,))
