@@ -2,7 +2,7 @@ import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { randomBytes } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import { createServer } from "node:net";
-import { basename } from "node:path";
+import { basename, join, normalize } from "node:path";
 import { defineConfig } from "vitest/config";
 
 // The edge model files on the host (scripts/convert_edge_model.py); the setup file
@@ -67,6 +67,16 @@ export default defineConfig({
             return new Response(readFileSync(`${process.env.REPRISE_TEST_LORA_DIR ?? "adapters/pirate"}/${name}`));
           },
           SELF_ORIGIN: async (_req: Request, mf: { unsafeGetDirectURL(): Promise<URL> }) => new Response((await mf.unsafeGetDirectURL()).href),
+          // vectors/<path>: the shared codec test vectors (read by pytest too), for wasm/tests.
+          VECTORS: async (request: Request) => {
+            const rel = normalize(decodeURIComponent(new URL(request.url).pathname)).replace(/^\/+/, "");
+            if (rel.startsWith("..")) return new Response("outside vectors/", { status: 400 });
+            try {
+              return new Response(readFileSync(join("vectors", rel)));
+            } catch {
+              return new Response(`vectors/${rel} is missing`, { status: 404 });
+            }
+          },
           EDGE_FILES: async (request: Request) => {
             const path = EDGE_FILES[new URL(request.url).pathname.slice(1)];
             if (!path) return new Response("unknown file", { status: 404 });
@@ -94,6 +104,8 @@ export default defineConfig({
     // (far more on a loaded machine) per-file copy of 107 MB into R2.
     projects: [
       { extends: true, test: { name: "unit", include: ["src/**/*.test.ts"], setupFiles: ["./test/setup/keys.ts"] } },
+      // the wasm codec against the shared vectors (VECTORS above) and its hostile corpus
+      { extends: true, test: { name: "wasm", include: ["wasm/tests/**/*.test.ts"] } },
       {
         extends: true,
         test: { name: "worker", include: ["test/**/*.test.ts"], setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"] },

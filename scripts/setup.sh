@@ -20,6 +20,13 @@ fi
 step "binding types (worker-configuration.d.ts, generated from wrangler.toml, git-ignored)"
 npx wrangler types >/dev/null
 
+step "wasm: the KV codec for the edge (clang + lld for wasm32)"
+if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -q clang lld >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q clang lld >/dev/null; }
+fi
+node wasm/build.mjs
+
 step "python environment (uv, locked)"
 command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 (cd gpu-backend && uv sync --all-extras --frozen -q)
