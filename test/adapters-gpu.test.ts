@@ -79,8 +79,9 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("LoRA adapters on the GPU backend", () 
 
 // The grant path (docs/lora-adapters.md, "Edge -> backend"): with STORAGE_GRANT_ORIGIN set, the edge sends
 // read grants for the adapter's two R2 objects and the backend fetches them through this worker's signed
-// storage route (a real socket). The adapter is a copy of the demo one whose config differs by trailing
-// whitespace, so that its key is new to a backend that may have cached the demo adapter already.
+// storage route (a real socket). Each adapter here is a copy of the demo one whose config differs by random
+// trailing whitespace: the same math under a key new to the backend, so the backend parses its own copy
+// (fetched, or inline) instead of one it cached earlier.
 describe.skipIf(!t.TEST_GPU_BACKEND_URL)("LoRA adapters fetched by the GPU backend through storage grants", () => {
   let granted: Record<string, string> = {};
   const nonce = () => " ".repeat(1 + Math.floor(Math.random() * 4000));
@@ -126,15 +127,13 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("LoRA adapters fetched by the GPU backe
 
   beforeAll(async () => {
     granted = await grantsOn();
-    await upload("pirate-granted");
-    await upload("pirate-gone");
+    for (const name of ["pirate-granted", "pirate-inline", "pirate-gone"]) await upload(name);
   });
 
   it("answers as on the inline path, with grants for the two files and no adapter frame", async () => {
-    const model = "smollm2-135m-instruct:pirate-granted";
     let viaGrants = "";
     const sent = await backendBodies(async () => {
-      const res = await chat(model, granted);
+      const res = await chat("smollm2-135m-instruct:pirate-granted", granted);
       const text = await res.text();
       expect(res.status, text).toBe(200);
       viaGrants = (JSON.parse(text) as { choices: { message: { content: string } }[] }).choices[0]!.message.content;
@@ -150,13 +149,15 @@ describe.skipIf(!t.TEST_GPU_BACKEND_URL)("LoRA adapters fetched by the GPU backe
     expect(viaGrants).toMatch(/^Arr/);
 
     const inline = await backendBodies(async () => {
-      const res = await chat(model, {});
+      const res = await chat("smollm2-135m-instruct:pirate-inline", {});
       const text = await res.text();
       expect(res.status, text).toBe(200);
       expect((JSON.parse(text) as { choices: { message: { content: string } }[] }).choices[0]!.message.content).toBe(viaGrants);
     });
     expect(inline.map((x) => x.kinds)).toEqual([[0x01, 0x03, 0x03]]);
-    expect(inline[0]!.header.adapter).toEqual({ key: ad.key, inline: true });
+    const inlineKey = (inline[0]!.header.adapter as { key: string }).key;
+    expect(inline[0]!.header.adapter).toEqual({ key: inlineKey, inline: true });
+    expect(inlineKey).not.toBe(ad.key);
   });
 
   it("leaves reading the files to the backend: a missing weights object fails there, not at the edge", async () => {
