@@ -164,3 +164,33 @@ def test_missing_object_is_502_adapter_fetch_failed():
         assert (r.status, err["code"]) == (502, "adapter_fetch_failed") and "not_found" in err["message"]
         assert len(eng.adapters) == 0
     with_store(t, {CFG_KEY: files[0]})
+
+
+def test_distinct_adapter_fetches_are_bounded():
+    from reprise_gpu.lora.registry import adapter_key
+    from reprise_gpu.server.adapter_fetch import MAX_CONCURRENT_FETCHES
+    files, _ = files_and_key()
+    n = MAX_CONCURRENT_FETCHES + 1
+    # n distinct adapters of the same math: the config differs by trailing whitespace, so the key does too
+    variants = [(files[0] + b" " * (i + 1), files[1]) for i in range(n)]
+    objects, gates, gets = {}, {}, []
+    ads = []
+    for i, (c, w) in enumerate(variants):
+        ck, wk = f"adapters/t/{i}/adapter_config.json", f"adapters/t/{i}/adapter_model.safetensors"
+        objects[ck], objects[wk] = c, w
+        gates[wk] = asyncio.Event()
+        ads.append({"key": adapter_key(c, w), "config": {"grant": None, "bytes": len(c), "sha256": hashlib.sha256(c).hexdigest()},
+                    "weights": {"grant": None, "bytes": len(w), "sha256": hashlib.sha256(w).hexdigest()}, "_keys": (ck, wk)})
+
+    async def t(client, eng, base):
+        for ad in ads:
+            ck, wk = ad.pop("_keys")
+            ad["config"]["grant"], ad["weights"]["grant"] = grant_json(base, ck), grant_json(base, wk)
+        pending = [asyncio.ensure_future(post(client, body(adapter=ad))) for ad in ads]
+        await asyncio.sleep(0.5)
+        assert len({k.split("/")[2] for k in gets}) == MAX_CONCURRENT_FETCHES     # the fifth waits for a slot
+        for g in gates.values():
+            g.set()
+        got = [tokens(await (await f).read()) for f in pending]
+        assert all(g == got[0] for g in got) and len(got[0]) == 6 and len(gets) == 2 * n and len(eng.adapters) == n
+    with_store(t, objects, gets=gets, gates=gates)

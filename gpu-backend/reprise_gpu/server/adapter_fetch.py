@@ -26,6 +26,11 @@ from .frames import GenerateRequest, GrantedFile
 
 log = logging.getLogger(__name__)
 
+# Distinct adapters fetched at once. Fetched files sit in host memory until parsed (a SmolLM2 adapter is at
+# most 157 MB, an 8B one 1.3 GB, held twice while fetch_object copies it out), and requests wait for their
+# adapter before the queue bound applies: this bounds that memory whatever the edge sends.
+MAX_CONCURRENT_FETCHES = 4
+
 # StorageError codes that mean the bytes are not the adapter the edge recorded (not a storage outage).
 _CONTENT_CODES = {"checksum", "size_mismatch", "too_large"}
 
@@ -46,6 +51,7 @@ class AdapterLoader:
         self.fetched_bytes = fetched_bytes        # prometheus counter child, or None
         self.inflight: dict[str, asyncio.Task] = {}
         self.fetches = 0                          # fetches started (tests: concurrent requests share one)
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
 
     async def resolve(self, req: GenerateRequest):
         """The request's adapter (a packed adapter from the registry) or None; AdapterError if malformed or
@@ -81,15 +87,16 @@ class AdapterLoader:
     async def _fetch_and_add(self, key: str, config: GrantedFile, weights: GrantedFile):
         reg = self.registry
         limits = (MAX_CONFIG_BYTES, max_weights_bytes(reg.args))
-        try:
-            async with asyncio.TaskGroup() as tg:        # both files at once; one failing cancels the other
-                jobs = [tg.create_task(self._fetch(f, name, cap))
-                        for f, name, cap in ((config, "adapter_config.json", limits[0]),
-                                             (weights, "adapter_model.safetensors", limits[1]))]
-        except BaseExceptionGroup as eg:
-            raise eg.exceptions[0] from None
-        cfg, w = (j.result() for j in jobs)
-        return await asyncio.get_running_loop().run_in_executor(None, reg.add, cfg, w, key)
+        async with self._slots:
+            try:
+                async with asyncio.TaskGroup() as tg:        # both files at once; one failing cancels the other
+                    jobs = [tg.create_task(self._fetch(f, name, cap))
+                            for f, name, cap in ((config, "adapter_config.json", limits[0]),
+                                                 (weights, "adapter_model.safetensors", limits[1]))]
+            except BaseExceptionGroup as eg:
+                raise eg.exceptions[0] from None
+            cfg, w = (j.result() for j in jobs)
+            return await asyncio.get_running_loop().run_in_executor(None, reg.add, cfg, w, key)
 
     async def _fetch(self, f: GrantedFile, name: str, cap: int) -> bytes:
         if f.bytes > cap:
