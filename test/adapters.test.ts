@@ -4,6 +4,11 @@
 import { SELF } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { beforeAll, describe, expect, it } from "vitest";
+import { adapterForStep, resolveModel } from "../src/adapters/resolve";
+import { GpuHttpBackend } from "../src/backends/gpu-http";
+import { sha256Hex, toHex } from "../src/crypto";
+import type { Bindings } from "../src/env";
+import { grantSigner, verifyWorkerGrant } from "../src/storage/grants";
 import { BASE, KEYS, api, errorOf, r2Keys } from "./helpers";
 
 let CONFIG: Uint8Array;
@@ -117,6 +122,36 @@ describe("LoRA adapters", () => {
         const res = await api("/v1/chat/completions", { key, body: { model, messages: [{ role: "user", content: "hi" }] } });
         expect(await errorOf(res)).toMatchObject({ status: 404, code: "model_not_found", param: "model" });
       }
+    });
+
+    it("leaves a recorded adapter in R2 for a backend that fetches it, and reads the files otherwise", async () => {
+      await upload(CONFIG, WEIGHTS, { name: "where" });
+      const backends = { edge: null, gpu: new GpuHttpBackend({ ...env, GPU_BACKEND_URL: "http://127.0.0.1:1" } as Bindings) };
+      const model = "smollm2-135m-instruct:where";
+      const stored = (await resolveModel(env.BLOBS, "tenant-a", model, backends, true)).adapter!;
+      if (stored.kind !== "stored") throw new Error("expected the stored form");
+      expect(stored.config).toMatchObject({ bytes: CONFIG.byteLength, sha256: await sha256Hex(CONFIG) });
+      expect(stored.weights).toMatchObject({ bytes: WEIGHTS.byteLength, sha256: await sha256Hex(WEIGHTS) });
+      // R2 holds the recorded SHA-256 too: it verified the body on put
+      expect(toHex((await env.BLOBS.head(stored.weights.r2Key))!.checksums.sha256!)).toBe(stored.weights.sha256);
+      const secret = "resolve-test-secret";
+      const step = await adapterForStep(stored, grantSigner({ STORAGE_GRANTS: "worker", STORAGE_GRANT_ORIGIN: "http://edge", STORAGE_GRANT_SECRET: secret }));
+      if (!("grant" in step.config) || !("grant" in step.weights)) throw new Error("expected grants");
+      for (const [f, key] of [[step.config, stored.config.r2Key], [step.weights, stored.weights.r2Key]] as const) {
+        const url = new URL(f.grant.url);
+        expect(f.grant).toMatchObject({ key, mode: "read", method: "GET" });
+        expect(await verifyWorkerGrant(secret, "GET", key, url.searchParams)).toMatchObject({ ok: true, key, mode: "read" });
+        expect(f.grant.expires - Date.now() / 1000).toBeLessThanOrEqual(120);
+      }
+      const inline = (await resolveModel(env.BLOBS, "tenant-a", model, backends, false)).adapter!;
+      if (inline.kind !== "inline") throw new Error("expected the files");
+      // hashes, not toEqual: vitest's deep equality over 3 MB takes seconds
+      expect([await sha256Hex(inline.files.config), await sha256Hex(inline.files.weights)]).toEqual([stored.config.sha256, stored.weights.sha256]);
+      // an adapter stored before sizes and hashes were recorded travels inline even with grants
+      const metaKey = stored.config.r2Key.replace("adapter_config.json", "meta.json");
+      const { files: _f, ...old } = (await (await env.BLOBS.get(metaKey))!.json()) as Record<string, unknown>;
+      await env.BLOBS.put(metaKey, JSON.stringify(old));
+      expect((await resolveModel(env.BLOBS, "tenant-a", model, backends, true)).adapter!.kind).toBe("inline");
     });
   });
 });

@@ -6,10 +6,16 @@ import hashlib
 from aiohttp import web
 
 
-def store_app(objects: dict[str, bytes]) -> web.Application:
-    """GET and create-only PUT of /o/{key}, checking x-amz-checksum-sha256 like R2 does."""
+def store_app(objects: dict[str, bytes], gets: list[str] | None = None, gates: dict | None = None) -> web.Application:
+    """GET and create-only PUT of /o/{key}, checking x-amz-checksum-sha256 like R2 does. `gets` records the
+    keys read, in order; a GET of a key in `gates` (key -> asyncio.Event) answers once its event is set."""
     async def get(request):
-        data = objects.get(request.match_info["key"])
+        key = request.match_info["key"]
+        if gets is not None:
+            gets.append(key)
+        if gates and key in gates:
+            await gates[key].wait()
+        data = objects.get(key)
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def put(request):
@@ -31,9 +37,9 @@ def store_app(objects: dict[str, bytes]) -> web.Application:
     return app
 
 
-async def start_store(objects: dict[str, bytes]) -> tuple[web.AppRunner, str]:
-    """Serves `objects` on a free local port; (runner to clean up, base URL)."""
-    runner = web.AppRunner(store_app(objects))
+async def start_store(objects: dict[str, bytes], **kw) -> tuple[web.AppRunner, str]:
+    """Serves `objects` on a free local port; (runner to clean up, base URL). `kw`: store_app's."""
+    runner = web.AppRunner(store_app(objects, **kw))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -6,8 +6,17 @@
  *   adapters/<tenant>/<id>/meta.json        written last: an adapter exists once its meta does
  *
  * Another tenant's adapter is simply not found. `key` is the SHA-256 the GPU backend caches it by:
- * sha256(u64 LE length of the config | config | weights), over the exact stored bytes.
+ * sha256(u64 LE length of the config | config | weights), over the exact stored bytes. `files` records
+ * each file's size and SHA-256 (R2 verifies them on put), so that with storage grants the backend can
+ * fetch the files itself and check them; adapters stored before it have none and travel inline.
  */
+import { sha256Hex } from "../crypto";
+
+/** Size and SHA-256 (hex) of one stored file. */
+export interface FileRecord {
+  bytes: number;
+  sha256: string;
+}
 
 export interface AdapterMeta {
   id: string;
@@ -20,10 +29,25 @@ export interface AdapterMeta {
   base_model_name_or_path: string | null;
   bytes: number;
   created: number;
+  files?: { config: FileRecord; weights: FileRecord };
 }
+
+export const CONFIG_FILE = "adapter_config.json";
+export const WEIGHTS_FILE = "adapter_model.safetensors";
 
 const prefix = (tenant: string) => `adapters/${encodeURIComponent(tenant)}/`;
 const dir = (tenant: string, id: string) => `${prefix(tenant)}${id}/`;
+
+/** The R2 keys of an adapter's two files. */
+export function adapterFileKeys(tenant: string, id: string): { config: string; weights: string } {
+  return { config: dir(tenant, id) + CONFIG_FILE, weights: dir(tenant, id) + WEIGHTS_FILE };
+}
+
+/** `files` of an adapter's meta. */
+export async function fileRecords(config: Uint8Array, weights: Uint8Array): Promise<{ config: FileRecord; weights: FileRecord }> {
+  const rec = async (b: Uint8Array) => ({ bytes: b.byteLength, sha256: await sha256Hex(b) });
+  return { config: await rec(config), weights: await rec(weights) };
+}
 
 /** The backend's cache key of the two files. */
 export async function adapterKey(config: Uint8Array, weights: Uint8Array): Promise<string> {
@@ -45,7 +69,8 @@ export async function getAdapter(r2: R2Bucket, tenant: string, id: string): Prom
 
 /** The stored files, for the backend (inline fallback of the grant path). */
 export async function getAdapterFiles(r2: R2Bucket, tenant: string, id: string): Promise<{ config: Uint8Array; weights: Uint8Array } | null> {
-  const [c, w] = await Promise.all([r2.get(dir(tenant, id) + "adapter_config.json"), r2.get(dir(tenant, id) + "adapter_model.safetensors")]);
+  const k = adapterFileKeys(tenant, id);
+  const [c, w] = await Promise.all([r2.get(k.config), r2.get(k.weights)]);
   if (!c || !w) return null;
   return { config: new Uint8Array(await c.arrayBuffer()), weights: new Uint8Array(await w.arrayBuffer()) };
 }
@@ -54,8 +79,9 @@ export async function getAdapterFiles(r2: R2Bucket, tenant: string, id: string):
 export async function putAdapter(r2: R2Bucket, tenant: string, meta: AdapterMeta, config: Uint8Array, weights: Uint8Array): Promise<boolean> {
   const d = dir(tenant, meta.id);
   if (await r2.head(d + "meta.json")) return false;
-  await r2.put(d + "adapter_config.json", config);
-  await r2.put(d + "adapter_model.safetensors", weights);
+  // with the recorded SHA-256s, R2 refuses a body that does not match them
+  await r2.put(d + CONFIG_FILE, config, meta.files ? { sha256: meta.files.config.sha256 } : {});
+  await r2.put(d + WEIGHTS_FILE, weights, meta.files ? { sha256: meta.files.weights.sha256 } : {});
   // create-only: a concurrent upload of the same id loses here and leaves the winner's files alone
   const ok = await r2.put(d + "meta.json", JSON.stringify(meta), { onlyIf: { etagDoesNotMatch: "*" } });
   return ok !== null;
@@ -78,6 +104,6 @@ export async function deleteAdapter(r2: R2Bucket, tenant: string, id: string): P
   const d = dir(tenant, id);
   if (!(await r2.head(d + "meta.json"))) return false;
   await r2.delete(d + "meta.json");
-  await r2.delete([d + "adapter_config.json", d + "adapter_model.safetensors"]);
+  await r2.delete([d + CONFIG_FILE, d + WEIGHTS_FILE]);
   return true;
 }

@@ -3,14 +3,16 @@
  * framed binary format of docs/backend-wire-format.md (version 1).
  *
  *   frame = kind (u8: 0x01 JSON, 0x02 KV chunk) | length (u32 LE) | payload
- *   request  = JSON header {version, model, prompt_token_ids, sampling, chunks} + `chunks` KV frames
+ *   request  = JSON header {version, model, prompt_token_ids, sampling, chunks, adapter?, storage?} + `chunks` KV frames
+ *              (+ two adapter frames 0x03 when the adapter travels inline)
  *   response = JSON token events ..., one KV frame, JSON done (or JSON error)
  *   X-Reprise-Timestamp: unix seconds; X-Reprise-Signature: v1=hex(HMAC-SHA256(secret, ts + "." + body))
  */
 import { concatBytes, hmacSha256, toHex, utf8 } from "../crypto";
 import type { Bindings } from "../env";
 import type { TurnStats } from "../sessions/rates";
-import type { Backend, GenerateEvent, GenerateRequest, StoragePlan, StoredChunkReport } from "./types";
+import { inlineAdapter } from "./types";
+import type { AdapterFiles, AdapterGrants, Backend, GenerateEvent, GenerateRequest, StoragePlan, StoredChunkReport } from "./types";
 
 export const WIRE_VERSION = 1;
 export const FRAMES_CONTENT_TYPE = "application/x-reprise-frames";
@@ -63,13 +65,19 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
       stop: s.stop,
     },
     chunks: req.restored.length,
-    // The adapter's files travel inline after the KV frames (until the backend fetches them through
-    // signed storage grants); the backend caches them by key.
-    ...(req.adapter ? { adapter: { key: req.adapter.key, inline: true } } : {}),
+    // The adapter: read grants for its two files (the backend fetches and checks them), or, without
+    // grants, the files inline after the KV frames. Either way the backend caches it by key.
+    ...(req.adapter ? { adapter: adapterHeader(req.adapter) } : {}),
     ...(req.storage ? { storage: storageHeader(req.storage) } : {}),
   };
-  const adapter = req.adapter ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
+  const adapter = req.adapter && inlineAdapter(req.adapter) ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
   return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)), ...adapter);
+}
+
+/** The request header's `adapter` object (docs/backend-wire-format.md). */
+function adapterHeader(a: AdapterFiles | AdapterGrants) {
+  if (inlineAdapter(a)) return { key: a.key, inline: true };
+  return { key: a.key, config: a.config, weights: a.weights };
 }
 
 /** The request header's `storage` object (snake_case, docs/backend-wire-format.md). */

@@ -22,8 +22,8 @@ export interface GenerateRequest {
   /** Verified chunks covering [0, n) of promptIds, in order. */
   restored: KvChunk[];
   sampling: SamplingOptions;
-  /** A LoRA adapter to apply (GPU backend only): its cache key and PEFT files. */
-  adapter?: AdapterFiles;
+  /** A LoRA adapter to apply (GPU backend only): its cache key and PEFT files, or read grants for them. */
+  adapter?: AdapterFiles | AdapterGrants;
   /** Chunks the backend fetches and stores itself through grants, instead of `restored` bytes. */
   storage?: StoragePlan;
 }
@@ -32,6 +32,25 @@ export interface AdapterFiles {
   key: string;
   config: Uint8Array;
   weights: Uint8Array;
+}
+
+/** One of an adapter's files in storage: a read grant and what the edge recorded at upload. */
+export interface GrantedFile {
+  grant: Grant;
+  bytes: number;
+  sha256: string;
+}
+
+/** An adapter the backend fetches itself (docs/lora-adapters.md): no file byte passes through the edge. */
+export interface AdapterGrants {
+  key: string;
+  config: GrantedFile;
+  weights: GrantedFile;
+}
+
+/** Whether the adapter's files travel inline (as KIND_ADAPTER frames). */
+export function inlineAdapter(a: AdapterFiles | AdapterGrants): a is AdapterFiles {
+  return a.config instanceof Uint8Array;
 }
 
 /** A chunk the backend may fetch: its grant and what the edge recorded about it. */

@@ -3,7 +3,7 @@ import { gpuModelMap } from "../backends/gpu-http";
 import type { AppEnv } from "../env";
 import { HttpError } from "../errors";
 import { AdapterError, MAX_CONFIG_BYTES, MODEL_SHAPES, checkAdapter, maxWeightsBytes } from "../adapters/validate";
-import { adapterKey, deleteAdapter, getAdapter, listAdapters, putAdapter } from "../adapters/store";
+import { adapterKey, deleteAdapter, fileRecords, getAdapter, listAdapters, putAdapter } from "../adapters/store";
 import type { AdapterMeta } from "../adapters/store";
 
 /**
@@ -19,7 +19,8 @@ const DEFAULT_MODEL = "smollm2-135m-instruct";
 const bad = (message: string, param: string | null = null, code = "invalid_adapter") =>
   new HttpError(400, { message, param, code });
 
-const view = (m: AdapterMeta) => ({ object: "adapter", ...m, model_id: `${m.model}:${m.id}` });
+// `files` (per-file sizes and hashes, for the backend's fetch) is internal: not part of the adapter object
+const view = ({ files: _files, ...m }: AdapterMeta) => ({ object: "adapter", ...m, model_id: `${m.model}:${m.id}` });
 
 /** The upload limit for a base model: its largest valid adapter (ADAPTER_MAX_BYTES may lower it). */
 export function uploadLimit(env: AppEnv["Bindings"], preset: string): number {
@@ -72,6 +73,7 @@ adapters.post("/", async (c) => {
     id, model, key: await adapterKey(config, weights), rank: info.rank, lora_alpha: info.alpha,
     target_modules: info.targetModules, base_model_name_or_path: info.baseModel,
     bytes: config.byteLength + weights.byteLength, created: Math.floor(Date.now() / 1000),
+    files: await fileRecords(config, weights),
   };
   if (!(await putAdapter(c.env.BLOBS, tenant, meta, config, weights)))
     throw new HttpError(409, { message: `An adapter named '${id}' exists already.`, param: "name", code: "adapter_exists" });

@@ -2,7 +2,7 @@
  * The first half of a turn: everything that can still fail with a clean HTTP status (unknown
  * model, context too long, session busy, no backend) happens here, before any byte is sent.
  */
-import { resolveModel } from "../adapters/resolve";
+import { adapterForStep, resolveModel } from "../adapters/resolve";
 import { backendsFor, prefillThreshold, route, startGeneration } from "../backends/dispatch";
 import { encodeChatPrompt } from "../backends/edge";
 import type { Bindings } from "../env";
@@ -35,7 +35,9 @@ const noRestore = (): Restored => ({ restored: [], kept: [], restoredTokens: 0 }
 export async function prepareTurn(env: Bindings, tenant: string, req: ChatRequest, signal?: AbortSignal): Promise<Turn> {
   const session = req.sessionId ? await getSession(env.SESSIONS, req.sessionId, tenant) : null;
   const backends = backendsFor(env);
-  const { base, adapter } = await resolveModel(env.BLOBS, tenant, req.model, backends);
+  const signer = grantSigner(env);
+  // Adapters run on the GPU backend only: with grants, it fetches the adapter's files from R2 itself.
+  const { base, adapter } = await resolveModel(env.BLOBS, tenant, req.model, backends, !!signer && !!backends.gpu && fetchesStorage(backends.gpu));
   const messages = session ? [...session.messages, ...req.messages] : req.messages;
   const promptIds = await encodeChatPrompt(env, messages);
   if (promptIds.length + req.maxTokens > CONTEXT_TOKENS)
@@ -57,21 +59,22 @@ export async function prepareTurn(env: Bindings, tenant: string, req: ChatReques
     });
     let restored = noRestore();
     let resume: TurnResume | null = null;
-    const signer = grantSigner(env);
     const gen = await startGeneration(
       order,
       async (backend) => {
         const sampling = { maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stop: req.stop };
-        if (signer && fetchesStorage(backend)) {
+        const grants = signer && fetchesStorage(backend) ? signer : null;
+        const step = adapter ? { adapter: await adapterForStep(adapter, grants) } : {};
+        if (grants) {
           // The backend fetches and stores chunks itself: no chunk byte passes through this isolate.
-          const p = await planGrantedTurn(env, signer, backend, req, session, promptIds);
+          const p = await planGrantedTurn(env, grants, backend, req, session, promptIds);
           restored = { restored: [], kept: p.kept, restoredTokens: 0 };
           resume = p.resume;
-          return { model: base, ...(adapter ? { adapter } : {}), promptIds, restored: [], sampling, storage: p.storage };
+          return { model: base, ...step, promptIds, restored: [], sampling, storage: p.storage };
         }
         resume = null;
         restored = session ? await loadVerifiedChunks(env.BLOBS, session, promptIds, backend) : noRestore();
-        return { model: base, ...(adapter ? { adapter } : {}), promptIds, restored: restored.restored, sampling };
+        return { model: base, ...step, promptIds, restored: restored.restored, sampling };
       },
       signal,
     );

@@ -22,6 +22,7 @@ from . import auth
 from ..engine.kv_restore import Restored
 from .engine_loop import DoneEvent, EngineLoop, ExportSpec, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
+from .adapter_fetch import AdapterFetchError, AdapterLoader
 from .storage_io import GrantedTurn
 from ..storage.chunk_mac import mac_key
 
@@ -40,6 +41,7 @@ class ServerState:
     storage_bytes: Counter | None = None        # bytes fetched / stored through grants
     http: aiohttp.ClientSession | None = None   # for granted URLs (storage/remote.py)
     k_mac: bytes = b""                          # chunk-MAC key (storage/chunk_mac.py)
+    adapters: AdapterLoader | None = None       # set with `loop`: cached, inline or granted adapters
 
 
 STATE = web.AppKey("state", ServerState)
@@ -118,10 +120,13 @@ async def generate(request: web.Request) -> web.StreamResponse:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
     try:
-        adapter = await _adapter(loop.engine, req)
+        adapter = await st.adapters.resolve(req)       # may fetch through grants: others keep stepping
     except AdapterError as e:
         rejected.labels("bad_request").inc()
         return error(400, "bad_adapter", str(e))
+    except AdapterFetchError as e:
+        rejected.labels("adapter_fetch_failed").inc()
+        return error(502, "adapter_fetch_failed", str(e))
     except LookupError as e:
         rejected.labels("bad_request").inc()
         return error(409, "adapter_needed", str(e))
@@ -202,21 +207,6 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _adapter(engine: LLMEngine, req):
-    """The request's LoRA adapter from the host LRU, or parsed (off the event loop) from the files it
-    carries; AdapterError if malformed, LookupError if neither cached nor sent."""
-    if req.adapter is None:
-        return None
-    if engine.adapters is None:
-        raise AdapterError("this backend serves no LoRA adapters")
-    cached = engine.adapters.get(req.adapter)
-    if cached is not None:
-        return cached
-    if req.adapter_files is None:
-        raise LookupError(f"adapter {req.adapter[:16]}... is not cached here; send its files")
-    return await asyncio.get_running_loop().run_in_executor(None, engine.adapters.add, *req.adapter_files, req.adapter)
-
-
 def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool = True,
              compile_decode: bool = False) -> web.Application:
     """The server app. With `engine` None the model loads in the background after start-up (/readyz says when)."""
@@ -250,6 +240,7 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             await asyncio.get_running_loop().run_in_executor(None, lambda: eng.kv.producer)  # hash weights once
             loop = EngineLoop(eng, config.max_queue)
             loop.start()
+            st.adapters = AdapterLoader(eng.adapters, st.http, st.storage_bytes.labels("get"))
             st.loop = loop
             log.info("model %s ready on %s", config.model, config.device)
 

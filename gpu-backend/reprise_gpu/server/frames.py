@@ -71,6 +71,14 @@ class StorageSpec:
     put: tuple[tuple[Grant, str], ...]       # (create grant, form "raw" | "coded")
 
 
+@dataclass(frozen=True)
+class GrantedFile:
+    """One of an adapter's two files in storage, with the size and SHA-256 the edge recorded at upload."""
+    grant: Grant
+    bytes: int
+    sha256: str
+
+
 @dataclass
 class GenerateRequest:
     model: str
@@ -80,6 +88,7 @@ class GenerateRequest:
     storage: StorageSpec | None = None
     adapter: str | None = None                 # the adapter's key (sha256 hex of its two files)
     adapter_files: tuple[bytes, bytes] | None = None   # (config, weights) when sent inline
+    adapter_grants: tuple[GrantedFile, GrantedFile] | None = None   # (config, weights) to fetch from storage
 
 
 def _uint(v, what: str) -> int:
@@ -130,6 +139,38 @@ def parse_storage(obj) -> StorageSpec:
     return StorageSpec(tuple(chunks), restore_from, _uint(obj.get("export_from", 0), "storage.export_from"), tuple(put))
 
 
+def _granted_file(obj, what: str) -> GrantedFile:
+    if not isinstance(obj, dict):
+        raise FrameError(f"adapter.{what} must be an object {{grant, bytes, sha256}}")
+    try:
+        g = Grant.from_json(obj.get("grant"))
+    except StorageError as e:
+        raise FrameError(f"adapter.{what}.grant: {e}") from None
+    if g.mode != "read":
+        raise FrameError(f"adapter.{what}.grant must be a read grant")
+    sha = obj.get("sha256")
+    if not isinstance(sha, str) or not HEX64.fullmatch(sha):
+        raise FrameError(f"adapter.{what}.sha256 must be 64 lowercase hex digits")
+    return GrantedFile(g, _uint(obj.get("bytes"), f"adapter.{what}.bytes"), sha)
+
+
+def parse_adapter(ad) -> tuple[str, bool, tuple[GrantedFile, GrantedFile] | None]:
+    """The header's `adapter` object -> (key, inline, grants). Files come inline (two frames) or through
+    read grants for both (`config`, `weights`), never both ways; neither: the backend's cached copy."""
+    if not isinstance(ad, dict) or not isinstance(ad.get("key"), str) or not HEX64.fullmatch(ad["key"]):
+        raise FrameError("adapter must be an object with key: 64 lowercase hex digits")
+    inline = ad.get("inline", False)
+    if type(inline) is not bool:
+        raise FrameError("adapter.inline must be a boolean")
+    has_cfg, has_w = ad.get("config") is not None, ad.get("weights") is not None
+    if has_cfg != has_w:
+        raise FrameError("adapter.config and adapter.weights go together")
+    if inline and has_cfg:
+        raise FrameError("adapter files come inline or through grants, not both")
+    grants = (_granted_file(ad["config"], "config"), _granted_file(ad["weights"], "weights")) if has_cfg else None
+    return ad["key"], inline, grants
+
+
 def parse_generate_body(body: bytes) -> GenerateRequest:
     """Body = one JSON header frame, then exactly `chunks` KV frames. Raises FrameError (-> 400)."""
     frames = split_frames(body)
@@ -152,16 +193,11 @@ def parse_generate_body(body: bytes) -> GenerateRequest:
         raise FrameError("sampling must be an object")
     if type(n) is not int or n < 0:
         raise FrameError("chunks must be a non-negative integer")
-    ad = h.get("adapter")
-    key, files = None, None
+    key, files, grants = None, None, None
     rest = frames[1:]
-    if ad is not None:
-        if not isinstance(ad, dict) or not isinstance(ad.get("key"), str) or not HEX64.fullmatch(ad["key"]):
-            raise FrameError("adapter must be an object with key: 64 lowercase hex digits")
-        if type(ad.get("inline", False)) is not bool:
-            raise FrameError("adapter.inline must be a boolean")
-        key = ad["key"]
-        if ad.get("inline", False):
+    if h.get("adapter") is not None:
+        key, inline, grants = parse_adapter(h["adapter"])
+        if inline:
             tail = rest[-2:]
             if len(tail) != 2 or any(kind != KIND_ADAPTER for kind, _ in tail):
                 raise FrameError("adapter.inline needs two adapter frames (config, weights) after the KV frames")
@@ -172,4 +208,4 @@ def parse_generate_body(body: bytes) -> GenerateRequest:
     storage = parse_storage(h["storage"]) if h.get("storage") is not None else None
     if storage is not None and n:
         raise FrameError("a request carries KV frames or storage grants, not both")
-    return GenerateRequest(model, ids, sampling, [p for _, p in kv], storage, key, files)
+    return GenerateRequest(model, ids, sampling, [p for _, p in kv], storage, key, files, grants)
