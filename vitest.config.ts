@@ -30,6 +30,9 @@ const freePort = () =>
 process.env.REPRISE_TEST_RECEIVER_PORT ||= String(await freePort());
 const RECEIVER = `http://127.0.0.1:${process.env.REPRISE_TEST_RECEIVER_PORT}`;
 
+// Test files that never generate with the edge model (the "worker-light" project below).
+const LIGHT = ["test/gpu-http.test.ts", "test/granted-plan.test.ts", "test/storage-grants.test.ts", "test/adapters.test.ts"];
+
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
 // The real GPU backend, when scripts/test_all.sh has started one, reaches the tests as bindings.
 export default defineConfig({
@@ -99,6 +102,9 @@ export default defineConfig({
     // The real-server tests (test/server/) run from Node with their own config.
     exclude: ["test/server/**", "**/node_modules/**"],
     testTimeout: 60_000,
+    // Two files at a time: most of a file's time is spent waiting on another process (the CPU GPU
+    // backend, the webhook receiver) or on retry timers, so two overlap well on CI's 2 cores.
+    maxWorkers: 2,
     hookTimeout: 120_000,
     // Unit tests beside their modules (src/) never run the edge model, so they skip its ~5 s
     // (far more on a loaded machine) per-file copy of 107 MB into R2.
@@ -108,8 +114,10 @@ export default defineConfig({
       { extends: true, test: { name: "wasm", include: ["wasm/tests/**/*.test.ts"] } },
       {
         extends: true,
-        test: { name: "worker", include: ["test/**/*.test.ts"], setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"] },
+        test: { name: "worker", include: ["test/**/*.test.ts"], exclude: LIGHT, setupFiles: ["./test/setup/keys.ts", "./test/setup/edge-model.ts"] },
       },
+      // Files that never run the edge model: the tokenizer only, not 107 MB of weights per file.
+      { extends: true, test: { name: "worker-light", include: LIGHT, setupFiles: ["./test/setup/keys.ts", "./test/setup/tokenizer.ts"] } },
     ],
   },
 });

@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 PY=gpu-backend/.venv/bin/python
 status=0
 
-echo "== gpu-backend: pytest"
-(cd gpu-backend && .venv/bin/python -m pytest -q -p no:cacheprovider tests) || status=1
+echo "== gpu-backend: pytest (pytest-xdist, one worker per core)"
+(cd gpu-backend && .venv/bin/python -m pytest -q -p no:cacheprovider -n "${REPRISE_PYTEST_WORKERS:-2}" tests) || status=1
 
 echo "== starting the GPU backend on CPU for the edge dispatch tests"
 mkdir -p .state
