@@ -31,7 +31,9 @@ process.env.REPRISE_TEST_RECEIVER_PORT ||= String(await freePort());
 const RECEIVER = `http://127.0.0.1:${process.env.REPRISE_TEST_RECEIVER_PORT}`;
 
 // Test files that never generate with the edge model (the "worker-light" project below).
-const LIGHT = ["test/gpu-http.test.ts", "test/granted-plan.test.ts", "test/storage-grants.test.ts", "test/adapters.test.ts"];
+const LIGHT = [
+  "test/gpu-http.test.ts", "test/granted-plan.test.ts", "test/storage-grants.test.ts", "test/adapters.test.ts", "test/errors.test.ts", "test/sessions.test.ts",
+];
 
 // Tests run inside workerd with the bindings from wrangler.toml; storage is isolated per test file.
 // The real GPU backend, when scripts/test_all.sh has started one, reaches the tests as bindings.

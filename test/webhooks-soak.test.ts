@@ -45,12 +45,17 @@ describe("webhook soak", () => {
     const deliveredMs = Date.now() - t0;
     const log = await received(name);
 
+    // Every job's outcome comes from the receiver's log (each event names its job); the job records are
+    // read for a sample only: in vitest-pool-workers a GET /v1/jobs/:id through SELF costs ~0.7 s of
+    // workerd CPU by now (perf: deeply nested JSProxy GetOwnPropertyDescriptor chains in the runtime's
+    // wrappers), so reading all 1,000 would take ~12 minutes.
+    const sample = ids.filter((_, i) => i % 20 === 0);
     const jobs = [];
-    for (let i = 0; i < ids.length; i += 50) jobs.push(...(await Promise.all(ids.slice(i, i + 50).map((id) => getJob(key, id)))));
-    const eventIds = new Set(jobs.flatMap((j) => j.events.map((e) => e.id)));
+    for (let i = 0; i < sample.length; i += 25) jobs.push(...(await Promise.all(sample.slice(i, i + 25).map((id) => getJob(key, id)))));
     const accepted = new Map<string, number>();
     for (const r of log.requests) if (r.accepted) accepted.set(r.id, (accepted.get(r.id) ?? 0) + 1);
-    const delivered = [...eventIds].filter((id) => accepted.has(id)).length;
+    const completedJobs = new Set(log.requests.filter((r) => r.accepted && r.body.type === "chat.completion.completed").map((r) => r.body.data.id as string));
+    const delivered = ids.filter((id) => completedJobs.has(id)).length;
     const outcomes: Record<string, number> = {};
     for (const r of log.requests) outcomes[r.outcome] = (outcomes[r.outcome] ?? 0) + 1;
     // A receiver that deduplicates on webhook-id processes each id once; what could still reach it
@@ -73,8 +78,10 @@ describe("webhook soak", () => {
     };
     console.log("webhook soak:", JSON.stringify(summary));
 
+    expect(new Set(ids).size).toBe(JOBS);
+    expect(jobs.length).toBe(sample.length);
     expect(jobs.every((j) => j.status === "completed" && j.reused_result_of === warm.id)).toBe(true);
-    expect(eventIds.size).toBe(JOBS);
+    expect(jobs.every((j) => j.events.length === 1 && accepted.has(j.events[0]!.id))).toBe(true);
     expect(summary.lost).toBe(0);
     expect(summary.duplicates_after_dedup).toBe(0);
     expect(log.unverified).toBe(0);
