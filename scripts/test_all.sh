@@ -5,7 +5,8 @@
 #   2. the Worker (vitest inside workerd), with the real GPU backend started on CPU for the
 #      dispatch tests; it exports spec-v1 chunks (speculative KV coding), so session turns that
 #      resume on the GPU store and restore coded chunks through R2 (REPRISE_TEST_KV_CODEC=raw: raw).
-#   3. the real local server (scripts/serve.sh, as `make serve` runs it) on its own port, driven by the
+#   3. the deployable bundle's compressed size against Workers' limit (wrangler deploy --dry-run).
+#   4. the real local server (scripts/serve.sh, as `make serve` runs it) on its own port, driven by the
 #      official openai client with keep-alive on and retries off (issue #8's regression test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,9 @@ done
 echo "== edge: vitest in workerd"
 REPRISE_TEST_BACKEND_URL="http://127.0.0.1:$port" REPRISE_TEST_BACKEND_SECRET="$(cat "$secret_file")" \
   npx vitest run || status=1
+
+echo "== edge: the deployable bundle (wrangler deploy --dry-run; the model weights stay in R2)"
+node scripts/bundle_size.mjs || status=1
 
 echo "== edge: the server \`make serve\` starts, driven by the openai client (test/server/)"
 npx vitest run --config test/server/vitest.config.ts || status=1
