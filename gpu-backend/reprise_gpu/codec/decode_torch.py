@@ -50,7 +50,7 @@ def decode_chunk_torch(data: bytes, predictor, *, fingerprint: str, layers: int,
         if isinstance(pc, Decoded):
             return pc
         if pc.fp8:
-            return decode_chunk(data, _NumpyAdapter(predictor), fingerprint=fingerprint, layers=layers,
+            return decode_chunk(data, HostPredictor(predictor), fingerprint=fingerprint, layers=layers,
                                 kv_heads=kv_heads, head_dim=head_dim, token_start=token_start, token_end=token_end,
                                 payload_verified=payload_verified)
         use_kernel = rans == "kernel" or (rans == "auto" and dev.type == "cuda")
@@ -61,7 +61,10 @@ def decode_chunk_torch(data: bytes, predictor, *, fingerprint: str, layers: int,
         return Decoded(Status.CORRUPT, None, f"{type(e).__name__}: {e}")
 
 
-class _NumpyAdapter:
+class HostPredictor:
+    """A tensor predictor as the NumPy decoders read one: predictions to host arrays, exact values back
+    as tensors (the fallbacks of this decoder and of the spec-v2 GPU decoder)."""
+
     def __init__(self, p):
         self.p = p
 

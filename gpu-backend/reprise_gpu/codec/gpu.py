@@ -22,6 +22,7 @@ import torch
 import triton
 
 from .blocks import n_blocks
+from .decode_torch import HostPredictor
 from .format import BLOCK_LANES, PROB_BITS, SCALE_STEPS, SPEC_MAGIC, SPEC_VERSION_2, Status
 from .fp8_torch import ExponentReader, fp8_values, pow2, predicted_exponents
 from .fp8cache import encode_exponents
@@ -223,24 +224,13 @@ def decode_v2(data: bytes, predictor, *, fingerprint: str, layers: int, kv_heads
         mixes = sorted({sp.mix for sp in pc.params})
         if not set(mixes) <= set(STANDARD_MIXES) and len(mixes) > MAX_TABLE_SETS:
             from .spec2 import decode_chunk_v2         # exotic mixtures: correct, slow
-            return decode_chunk_v2(data, _HostPredictor(predictor), fingerprint=fingerprint, layers=layers,
+            return decode_chunk_v2(data, HostPredictor(predictor), fingerprint=fingerprint, layers=layers,
                                    kv_heads=kv_heads, head_dim=head_dim, token_start=token_start, token_end=token_end)
         return _decode(pc, predictor, dev, lut, data, on_device)
     except CodecError as e:
         return Decoded(e.status, None, str(e))
     except (ValueError, IndexError, OverflowError, struct.error, RuntimeError) as e:
         return Decoded(Status.CORRUPT, None, f"{type(e).__name__}: {e}")
-
-
-class _HostPredictor:
-    def __init__(self, p):
-        self.p = p
-
-    def predict(self, layer):
-        return self.p.predict(layer).cpu().numpy()
-
-    def observe(self, layer, values):
-        self.p.observe(layer, torch.from_numpy(np.ascontiguousarray(values)))
 
 
 def _upload(data, lo: int, hi: int, dev: torch.device) -> torch.Tensor:
