@@ -6,20 +6,9 @@
 # SmolLM2 GGUF, its CUDA tests and bench, then the summary of both (8B results kept under /root/lora).
 set -uo pipefail
 section=$1; shift
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /root/lora
-STAGE=${STAGE:-.stage}; WHL=${WHL:-.whl}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d "$WHL" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl
-fi
-export PYTHONPATH=/tmp/site:/root/pkgs:$PWD/gpu-backend
-cd gpu-backend
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 t=$2; shift 2
-  echo "== $name"; local s=$(date +%s)
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "   rc=$rc  $(( $(date +%s) - s ))s"; tail -n "${TAIL:-12}" "$OUT/$name.log"
-}
+mkdir -p /root/lora
+STAGE=${STAGE:-.stage}; STEP_TAIL=12
+source "$(dirname "$0")/prelude.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, peft, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 case "$section" in
