@@ -16,10 +16,13 @@ resumes, each way on the real engine (LLMEngine):
 Two storage measurements per way and rate R (GB/s):
     *_s          composed: chunk bytes / R + the compute measured with the bytes already in memory (the
                  fetch of one chunk overlapped with nothing: an upper bound)
-    *_stream_s   measured: a fetch thread delivers each chunk after bytes / R seconds (one transfer at a
-                 time, like one storage connection) into KvRestore.verify_stream, which parses and decodes
-                 chunk i while chunk i+1 is still arriving (the grant path's overlap), then the first token
-Also measured: the speculator over H alone (restore_over_predictor = fused restore / speculator alone),
+    *_stream_s   measured: a fetch thread receives the chunks at R (one transfer at a time, like one
+                 storage connection), hashing each as it arrives and matching its recorded SHA-256 (as the
+                 grant path's fetch_object does), into KvRestore.verify_stream, which parses and decodes
+                 chunk i while chunk i+1 is still arriving, then the first token
+*_compute_s: the chunks in memory, checked in full (the inline path); *_compute_verified_s: the same chunks
+as kv_io.Verified (their object hash matched on arrival, the grant path), so only the payload's second
+SHA-256 pass is left out. Also measured: the speculator over H alone (restore_over_predictor = fused restore / speculator alone),
 prefill tokens/s, decoder GB/s (BF16 bytes restored per second of decode beyond the speculator), H2D GB/s.
 
 Under load (--load-sessions S, one model and history): S sessions decode; then S more resume at once by
@@ -33,6 +36,7 @@ OUT/resume-gpu.json (the summary part this side owns), a table last.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +50,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from reprise_gpu.config import Config  # noqa: E402
+from reprise_gpu.engine import kv_io  # noqa: E402
 from reprise_gpu.engine.detokenizer import ByteTokenizer  # noqa: E402
 from reprise_gpu.engine.kv_restore import Restored  # noqa: E402
 from reprise_gpu.engine.llm_engine import LLMEngine  # noqa: E402
@@ -137,15 +142,29 @@ def build(name: str, dev: str, recipes: list[str], H_max: int, load: int, load_H
     return raw, coded
 
 
+PIECE = 4 << 20          # bytes per arrival of the throttled stream
+
+
 def streamed(eng: LLMEngine, prompt: list[int], chunks: list[bytes], rate_GBps: float) -> tuple[float, int]:
-    """Seconds to the first token when chunk i arrives len(chunk) / rate after chunk i-1 (a fetch thread,
-    one transfer at a time) and verify_stream decodes each as it lands; -> (seconds, tokens restored)."""
+    """Seconds to the first token when the chunks stream in at `rate_GBps`, one transfer at a time (a
+    fetch thread: piece k of the stream is due at bytes-so-far / rate), each chunk hashed as it arrives and
+    matched with its recorded SHA-256 like storage/remote.py fetch_object, then handed on as
+    kv_io.Verified; verify_stream restores chunk i while chunk i+1 arrives. -> (seconds, tokens restored)."""
+    records = [hashlib.sha256(c).hexdigest() for c in chunks]        # what the edge recorded for each object
     q: queue.Queue = queue.Queue()
 
     def fetch():
-        for c in chunks:
-            time.sleep(len(c) / (rate_GBps * 1e9))
-            q.put(c)
+        t0, got = time.perf_counter(), 0
+        for c, want in zip(chunks, records):
+            h, view = hashlib.sha256(), memoryview(c)
+            for off in range(0, len(view), PIECE):
+                piece = view[off:off + PIECE]
+                got += len(piece)
+                wait = t0 + got / (rate_GBps * 1e9) - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                h.update(piece)
+            q.put(kv_io.Verified(c) if h.hexdigest() == want else None)
         q.put(None)
     sync()
     t = time.perf_counter()
@@ -175,11 +194,13 @@ def measure(raw: LLMEngine, coded: dict[str, LLMEngine], H: int, rates: list[flo
     raw_bytes = sum(map(len, raw_chunks))
     rec = timed(lambda: first_token(raw, prompt), reps=2)
     raw_c = timed(lambda: first_token(raw, prompt, raw_chunks), reps=2)
+    raw_v = [kv_io.Verified(c) for c in raw_chunks]          # hashed on arrival already (the grant path)
+    raw_cv = timed(lambda: first_token(raw, prompt, raw_v), reps=2)
     _, rq = first_token(raw, prompt, raw_chunks)
     x = torch.frombuffer(bytearray(b"\0" * raw_bytes), dtype=torch.uint8)
     h2d = timed(lambda: x.to(dev), reps=3) if dev == "cuda" else float("nan")
     base = dict(model=name, history_tokens=H, new_tokens=NEW_TOKENS, raw_bytes=raw_bytes, recompute_s=rec,
-                raw_compute_s=raw_c, restored_tokens_raw=rq.num_restored, prefill_tokens_per_s=(H + NEW_TOKENS) / rec,
+                raw_compute_s=raw_c, raw_compute_verified_s=raw_cv, restored_tokens_raw=rq.num_restored, prefill_tokens_per_s=(H + NEW_TOKENS) / rec,
                 h2d_GBps=raw_bytes / 1e9 / h2d, export_raw_s=t_raw_export,
                 raw_stream_s={str(R): streamed(raw, prompt, raw_chunks, R)[0] for R in rates})
     per_recipe, chunks_by_recipe = {}, {}
@@ -190,13 +211,15 @@ def measure(raw: LLMEngine, coded: dict[str, LLMEngine], H: int, rates: list[flo
             t_export = time.perf_counter() - t0
             coded_bytes = sum(map(len, cc))
             coded_c = timed(lambda: first_token(eng, prompt, cc), reps=2)
+            cv = [kv_io.Verified(c) for c in cc]
+            coded_cv = timed(lambda: first_token(eng, prompt, cv), reps=2)
             _, sq = first_token(eng, prompt, cc)
             spec_s = speculator_alone(eng, prompt, H)
             verify_s = timed(lambda: eng.kv.verify(cc, prompt), reps=2)
             hash_s = timed(lambda: [eng.kv.parse(c) for c in cc], reps=2)   # container checks only
             per_recipe[recipe] = dict(
                 coded_bytes=coded_bytes, bits_per_value=8 * coded_bytes / (restored_bf16 / 2),
-                restored_tokens_coded=sq.num_restored, coded_compute_s=coded_c, speculator_s=spec_s,
+                restored_tokens_coded=sq.num_restored, coded_compute_s=coded_c, coded_compute_verified_s=coded_cv, speculator_s=spec_s,
                 coded_verify_s=verify_s, container_check_s=hash_s,
                 restore_over_predictor=(verify_s - hash_s) / spec_s,
                 decoder_GBps=restored_bf16 / 1e9 / max(verify_s - hash_s - spec_s, 1e-9),

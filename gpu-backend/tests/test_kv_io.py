@@ -71,6 +71,38 @@ def test_decode_rejects(bad):
         kv_io.decode_chunk(bytes(data), producer=producer, layers=2, kv_heads=kh, head_dim=16, dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("bad", ["magic", "version", "truncated", "producer", "shape", "json"])
+def test_verified_bytes_skip_only_the_payload_hash(bad):
+    """Verified(data): the whole object's SHA-256 already matched the edge's record, so only the payload's
+    second SHA-256 pass is skipped; every other check still refuses (and the values are still exact)."""
+    kv = torch.randn(2, 2, 2, 3, 16).to(torch.bfloat16)
+    good = kv_io.encode_chunk(kv, 0, "me")
+    args = dict(producer="me", layers=2, kv_heads=2, head_dim=16, dtype=torch.bfloat16)
+    got = kv_io.decode_chunk(kv_io.Verified(good), **args)
+    assert torch.equal(got.kv.view(torch.int16), kv.view(torch.int16))
+    flipped = bytearray(good)
+    flipped[-1] ^= 1                     # a payload bit: caught by the hash only when it is computed
+    with pytest.raises(kv_io.ChunkError, match="checksum"):
+        kv_io.decode_chunk(bytes(flipped), **args)
+    assert kv_io.decode_chunk(kv_io.Verified(bytes(flipped)), **args).kv.view(torch.int16).flatten()[-1] != \
+        kv.view(torch.int16).flatten()[-1]
+    data = bytearray(good)
+    if bad == "magic":
+        data[0:4] = b"XXXX"
+    elif bad == "version":
+        data[4] = 2
+    elif bad == "truncated":
+        data = data[:-2]
+    elif bad == "producer":
+        args["producer"] = "someone else"
+    elif bad == "shape":
+        args["kv_heads"] = 4
+    elif bad == "json":
+        data[10] = ord("[")
+    with pytest.raises(kv_io.ChunkError):
+        kv_io.decode_chunk(kv_io.Verified(bytes(data)), **args)
+
+
 def test_restorable_prefix():
     c = lambda a, b: kv_io.KvChunk(a, b, torch.empty(0))   # noqa: E731
     assert kv_io.restorable_prefix([c(4, 8), c(0, 4)], 100)[1] == 8

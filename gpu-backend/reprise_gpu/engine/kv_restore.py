@@ -219,7 +219,7 @@ class KvRestore:
         or the base model's, never restore into this one's sequence."""
         return self.producer if adapter is None else f"{self.producer};lora=sha256:{adapter.key}"
 
-    def parse(self, data: bytes, adapter=None) -> KvChunk:
+    def parse(self, data: bytes | kv_io.Verified, adapter=None) -> KvChunk:
         """One container, checked (producer, shape, payload SHA-256); raw codecs decoded, coded ones not yet."""
         a = self.args
         return kv_io.decode_chunk(data, producer=self.producer_for(adapter), layers=a.n_layers, kv_heads=a.n_kv_heads,
@@ -246,7 +246,7 @@ class KvRestore:
                 break
         return self._done(out, prompt_token_ids)
 
-    def verify_stream(self, kv_chunks: Iterable[bytes], prompt_token_ids: list[int], start: int = 0,
+    def verify_stream(self, kv_chunks: Iterable[bytes | kv_io.Verified], prompt_token_ids: list[int], start: int = 0,
                       adapter=None) -> Restored:
         """`verify` for chunks that arrive in token order while they are still being fetched (the
         grant path, server/storage_io.py): each is parsed and decoded as soon as it is here, so the
@@ -262,7 +262,7 @@ class KvRestore:
             t0 = time.perf_counter()
             try:
                 c = self.parse(data, adapter)
-                out.verify_bytes += len(data)
+                out.verify_bytes += len(data.data if isinstance(data, kv_io.Verified) else data)
             except ChunkError as e:
                 out.refused.append(f"chunk at token {covered}: {e}")
                 out.refused_at = (covered, refusal_reason(e))
