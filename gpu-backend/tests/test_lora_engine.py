@@ -57,6 +57,10 @@ def test_mixed_batch_matches_merged(adapters, mode, graphs):
         eng.runner.capture_graphs(eng.config.max_num_seqs)
         eng.runner.enable_lora(eng.lora_pool)
         assert all(isinstance(g.graph, EagerReplay) for g in eng.runner.lora_graphs.values())
+        # the LoRA graphs read the sorted token tiles from the runner's own input buffer
+        assert all(g.inputs[3].tiles is not None and g.inputs[3].tiles.shape == (bs, 3)
+                   and g.inputs[3].order.untyped_storage().data_ptr() == eng.runner._d64.untyped_storage().data_ptr()
+                   for bs, g in eng.runner.lora_graphs.items())
     packed = [eng.adapters.add(c, w) for c, w in files]
     # several adapters and the base model in one batch (fewer under the slow Triton interpreter)
     which = [None, 0, 1, 2, 3, 0, 1, None, 2, 3][:6 if mode == "triton" else 10]
