@@ -49,8 +49,11 @@ def merged_tokens(base, ad, ps, params):
 
 
 @pytest.mark.parametrize("mode,graphs", [("reference", False), ("triton", True)])
-def test_mixed_batch_matches_merged(adapters, mode, graphs):
+def test_mixed_batch_matches_merged(adapters, mode, graphs, monkeypatch):
     files, parsed = adapters
+    tile_calls = []
+    real_tile_shrink = ops.tile_shrink
+    monkeypatch.setattr(ops, "tile_shrink", lambda *a: (tile_calls.append(a[0].shape[0]), real_tile_shrink(*a))[1])
     base = tiny_model("float32")
     eng = engine(base)
     if graphs:
@@ -76,6 +79,7 @@ def test_mixed_batch_matches_merged(adapters, mode, graphs):
             eng.step()
     if graphs:
         assert replays, "decode steps with adapters must replay the LoRA graphs"
+        assert tile_calls, "decode LoRA must run on the sorted token tiles (kernels/lora_tiles.py)"
     for w in set(which):
         idx = [i for i, x in enumerate(which) if x == w]
         want = merged_tokens(base, None if w is None else parsed[w], [ps[i] for i in idx], params)
