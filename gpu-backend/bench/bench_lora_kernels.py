@@ -108,6 +108,37 @@ def gpu_case(K: int, slices, ids: np.ndarray, seed: int = 0):
     return x, pool, t(a_off), t(b_off), t(ranks), scaling, slots_np.astype(np.int32), nbytes
 
 
+def empty_projections(rep: int, out) -> list[dict]:
+    """The MLP's LoRA launches when no adapter targets it (bench_lora.py's q,k,v,o adapters): every program
+    exits on rank 0, but the grids still cover T tiles (or tokens) x splits x blocks. 8B shape, T = 128."""
+    import triton.testing
+    m, T, rows = get_model_args("llama3-8b"), 128, []
+    slots_np = np.zeros(T, dtype=np.int32)
+    slots = torch.from_numpy(slots_np).to(DEV)
+    order, tiles = (torch.from_numpy(v).to(DEV) for v in lt.build_tiles(slots_np))
+    ranks = torch.zeros(1, N_MODULES, dtype=torch.int32, device=DEV)
+    offs = torch.zeros(1, N_MODULES, sh.R_MAX, dtype=torch.int32, device=DEV)
+    pool, scaling = torch.zeros(16, dtype=torch.bfloat16, device=DEV), torch.ones(1, device=DEV)
+    for proj, K, mod0, slices in (("gate_up", m.dim, 4, ((0, m.ffn_dim), (m.ffn_dim, m.ffn_dim))),
+                                  ("down", m.ffn_dim, 6, ((0, m.dim),))):
+        x = torch.zeros(T, K, dtype=torch.bfloat16, device=DEV)
+        o = torch.zeros(T, sum(n for _, n in slices), dtype=torch.bfloat16, device=DEV)
+        n = len(slices)
+        fns = {"bgmv": lambda: ex.bgmv_expand(o, sh.bgmv_shrink(x, pool, offs, ranks, slots, mod0, n), pool, offs,
+                                              ranks, scaling, slots, mod0, slices),
+               "tiles": lambda: lt.tile_expand(o, lt.tile_shrink(x, pool, offs, ranks, order, tiles, mod0, n), pool,
+                                               offs, ranks, scaling, order, tiles, mod0, slices)}
+        for k, f in fns.items():
+            f()
+            us = triton.testing.do_bench_cudagraph(f, rep=rep, return_mode="median") * 1e3
+            row = dict(bench="lora_kernels_empty", model="llama3-8b", tokens=T, proj=proj, kernel=k, us=us)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if out:
+                out.write(json.dumps(row) + "\n")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None)
@@ -175,7 +206,13 @@ def main():
                     if out:
                         out.write(json.dumps(row) + "\n")
                 lt.K_ITERS = 4
+    if not smoke:
+        rows += empty_projections(a.rep, out)
     print(f"\n{'model':14s} {'kind':9s} {'T':>4s} " + " ".join(f"{k:>13s}" for k in fns) + "   (us)")
+    for r in rows:
+        if r["bench"] == "lora_kernels_empty":
+            print(f"no adapter on {r['proj']} (8B, T=128): {r['kernel']} {r['us']:.1f} us")
+    rows = [r for r in rows if r["bench"] == "lora_kernels"]
     for key in sorted({(r["model"], r["kind"], r["tokens"]) for r in rows}, key=lambda k: (k[0], k[1], k[2])):
         us = {r["kernel"]: r["us"] for r in rows if (r["model"], r["kind"], r["tokens"]) == key}
         print(f"{key[0]:14s} {key[1]:9s} {key[2]:4d} " + " ".join(f"{us.get(k, float('nan')):13.1f}" for k in fns))
