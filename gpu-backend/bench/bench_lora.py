@@ -242,7 +242,8 @@ class Bench:
         eng32 = LLMEngine(cfg32, tokenizer=ByteTokenizer())
         try:
             pe = eng32.lora_pool.page_elems
-            ads32 = [pack(self._dense(ad), self.args, pe, torch.float32, pin=self.cfg.device == "cuda") for ad in ads]
+            ads32 = [pack(self._dense(ad, "cpu"), self.args, pe, torch.float32, pin=self.cfg.device == "cuda")
+                     for ad in ads]
             f32, detail = self._match(eng32, ads32)
         finally:
             del eng32
@@ -251,10 +252,10 @@ class Bench:
         self.log(variant="merged_match", adapters=len(ads), match=bool(f32) and all(f32), prompts=len(f32),
                  dtype="float32", bf16_same=sum(bf16), bf16_prompts=len(bf16), detail=detail)
 
-    def _dense(self, ad) -> LoraAdapter:
+    def _dense(self, ad, dev) -> LoraAdapter:
+        """The packed adapter's weights, float32 on `dev` (its BF16 values exactly)."""
         from reprise_gpu.lora.pool import dense
         A, B = dense(ad, self.args)
-        dev = self.cfg.device
         return LoraAdapter(ad.key, ad.rank, ad.scaling, ad.modules, {m: t.to(dev) for m, t in A.items()},
                            {m: t.to(dev) for m, t in B.items()})
 
@@ -273,7 +274,7 @@ class Bench:
         try:
             for ad in [None, *ads]:
                 if ad is not None:
-                    for k, v in merged_state_dict(saved, self._dense(ad), args).items():
+                    for k, v in merged_state_dict(saved, self._dense(ad, self.cfg.device), args).items():
                         sd[k].copy_(v)
                 idx = [i for i, w in enumerate(which) if w is ad]
                 *_, want = self.run([prompts[i] for i in idx], [None] * len(idx), max_tokens=a.match_tokens, eng=eng)
