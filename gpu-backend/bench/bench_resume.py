@@ -1,29 +1,33 @@
 """Resume time to first token, three ways side by side, and GPU-seconds per resumed turn under load.
 
     python bench/bench_resume.py OUT [--models llama3-8b,smollm2-135m] [--history 1024,4096,16384]
-                                     [--rates 0.1,1,3,10] [--load-sessions 32] [--recipe w8a8-kvx]
+                                     [--rates 0.1,1,3,10] [--load-sessions 32] [--recipes w8a8-kvx,w8a8-win512]
 
-Per model and history of H tokens (SmolLM2 from its GGUF; the 8B shape with random weights, which do not
-change the timings), one session's history is exported as chunks of <= 4096 tokens (raw-bf16 and
-spec-v2, each by the backend's own KvRestore.export: the spec-v2 chunks are predicted and coded on the
-GPU), then a turn of N=32 new tokens resumes, each way on the real engine (LLMEngine):
+Per model (SmolLM2 from its GGUF; the 8B shape with random weights, which do not change the timings) the
+engines are built once: one raw, one per coded recipe (the speculator derived on the GPU: minutes on the
+CPU at 8B, and its digest still names exactly what coded the chunks). Per history of H tokens, the
+history is exported as chunks of <= 4096 tokens (raw-bf16 and spec-v2, each by the backend's own
+KvRestore.export: the spec-v2 chunks are predicted and coded on the GPU), then a turn of N=32 new tokens
+resumes, each way on the real engine (LLMEngine):
     recompute   the BF16 prefill of all H + N tokens (prefill chunks of 4096), then the first token
     raw         verify the raw chunks (container SHA-256), restore them, prefill N, first token
     coded       verify the spec-v2 chunks: SHA-256, then the speculator over H with each layer's two
                 segments decoded on the GPU in between (fused restore), restore, prefill N, first token
-Storage: each chunk's bytes come from a reader throttled to R GB/s (a token bucket: bytes / R seconds
-per chunk, the fetch of one chunk not overlapped with anything). So at rate R
-    raw_s = raw_bytes / R + raw_compute_s,    coded_s = coded_bytes / R + coded_compute_s
-with the compute parts measured once per (model, H). Also measured: the speculator over H alone
-(restore_over_predictor = fused restore / speculator alone), prefill tokens/s, decoder GB/s (BF16 bytes
-restored per second of decode beyond the speculator), H2D transfer GB/s.
+Two storage measurements per way and rate R (GB/s):
+    *_s          composed: chunk bytes / R + the compute measured with the bytes already in memory (the
+                 fetch of one chunk overlapped with nothing: an upper bound)
+    *_stream_s   measured: a fetch thread delivers each chunk after bytes / R seconds (one transfer at a
+                 time, like one storage connection) into KvRestore.verify_stream, which parses and decodes
+                 chunk i while chunk i+1 is still arriving (the grant path's overlap), then the first token
+Also measured: the speculator over H alone (restore_over_predictor = fused restore / speculator alone),
+prefill tokens/s, decoder GB/s (BF16 bytes restored per second of decode beyond the speculator), H2D GB/s.
 
-Under load (--load-sessions S, 8B shape): S sessions decode; then S more resume at once (history 4096)
-by one policy; GPU-seconds per resumed turn = the wall time until every resumed session has its first
-token / S (one GPU), with the decoders' tokens/s over that window.
+Under load (--load-sessions S, one model and history): S sessions decode; then S more resume at once by
+one policy; GPU-seconds per resumed turn = the wall time until every resumed session has its first token
+/ S (one GPU), with the decoders' tokens/s over that window.
 
 Output: OUT/resume.jsonl (rows with the measured rates; the edge's policy adds policy_choice and regret),
-OUT/resume-gpu.json (the summary part this side owns: bench/results/summary/resume-gpu.json), a table.
+OUT/resume-gpu.json (the summary part this side owns), a table last.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import argparse
 import json
 import os
 import platform
+import queue
 import sys
+import threading
 import time
 
 import numpy as np
@@ -107,52 +113,102 @@ def speculator_alone(eng: LLMEngine, prompt: list[int], H: int) -> float:
     return timed(run)
 
 
-def measure(name: str, H: int, dev: str, recipe: str, load: int) -> tuple:
-    blocks = (H + 2 * CHUNK) // 16 + 64
-    if load:                        # S resumed sessions of H + N tokens and S decoders of 512 + what they generate
-        blocks = max(blocks, load * ((H + NEW_TOKENS + 16) // 16 + 1 + (512 + 1024) // 16))
-    common = dict(model=name, device=dev, num_kv_blocks=blocks, max_num_seqs=max(4, 2 * load + 4),
-                  max_num_batched_tokens=8192, prefill_chunk_size=4096,
-                  max_seq_len=max(8192, H + NEW_TOKENS + 16))
+def build(name: str, dev: str, recipes: list[str], H_max: int, load: int, load_H: int):
+    """One raw engine and one coded engine per recipe, sharing the BF16 model. KV pools: room for H_max
+    (twice: the export turns), and for the load test's S resumed + S decoding sessions in the raw and
+    first coded engine."""
+    blocks = (H_max + 2 * CHUNK) // 16 + 64
+    big = max(blocks, load * ((load_H + NEW_TOKENS + 16) // 16 + 1 + (512 + 1024) // 16)) if load else blocks
+    common = dict(model=name, device=dev, max_num_seqs=max(4, 2 * load + 4), max_num_batched_tokens=8192,
+                  prefill_chunk_size=4096, max_seq_len=max(8192, H_max + NEW_TOKENS + 16),
+                  speculator_derive="device" if dev == "cuda" else "cpu")
     tok = None if name == "smollm2-135m" else ByteTokenizer()    # random weights: ids only, no text needed
-    raw = LLMEngine(Config(**common), tokenizer=tok, cuda_graphs=False)
-    coded = LLMEngine(Config(**common, kv_codec="spec-v2"), model=raw.model, tokenizer=raw.tokenizer, cuda_graphs=False)
-    if recipe != "w8a8-kvx":
-        from reprise_gpu.engine.kv_restore import SpecKvCoder
-        coded.kv.coder = SpecKvCoder(raw.model, torch.device(dev), recipe=recipe)
+    t0 = time.perf_counter()
+    raw = LLMEngine(Config(**common, num_kv_blocks=big), tokenizer=tok, cuda_graphs=False)
+    raw.kv.producer                                                # hash the BF16 weights once, share it
+    coded = {}
+    for i, r in enumerate(recipes):
+        eng = LLMEngine(Config(**common, num_kv_blocks=big if i == 0 else blocks, kv_codec="spec-v2",
+                               speculator_recipe=r), model=raw.model, tokenizer=raw.tokenizer, cuda_graphs=False)
+        eng.kv._weights_sha256 = raw.kv._weights_sha256            # same model: the same producer fingerprint
+        coded[r] = eng
+    sync()
+    print(f"# {name}: engines built in {time.perf_counter() - t0:.1f} s ({', '.join(recipes)})", flush=True)
+    return raw, coded
+
+
+def streamed(eng: LLMEngine, prompt: list[int], chunks: list[bytes], rate_GBps: float) -> tuple[float, int]:
+    """Seconds to the first token when chunk i arrives len(chunk) / rate after chunk i-1 (a fetch thread,
+    one transfer at a time) and verify_stream decodes each as it lands; -> (seconds, tokens restored)."""
+    q: queue.Queue = queue.Queue()
+
+    def fetch():
+        for c in chunks:
+            time.sleep(len(c) / (rate_GBps * 1e9))
+            q.put(c)
+        q.put(None)
+    sync()
+    t = time.perf_counter()
+    th = threading.Thread(target=fetch, daemon=True)
+    th.start()
+    restored = eng.kv.verify_stream(iter(q.get, None), prompt)
+    seq = eng.add_request(prompt, FIRST, kv_chunks=restored)
+    while eng.has_work():
+        if eng.step():
+            break
+    sync()
+    th.join()
+    return time.perf_counter() - t, seq.num_restored
+
+
+def measure(raw: LLMEngine, coded: dict[str, LLMEngine], H: int, rates: list[float]) -> tuple:
+    name, dev = raw.config.model, raw.config.device
     vocab = raw.config.model_args.vocab_size
     g = np.random.default_rng(H)
     prompt = [int(t) for t in g.integers(3, min(vocab, 32000), H + NEW_TOKENS)]
     hist = prompt[:H]
+    a = raw.config.model_args
+    restored_bf16 = 2 * H * 2 * a.n_layers * a.n_kv_heads * a.head_dim
     t0 = time.perf_counter()
     raw_chunks = export_chunks(raw, hist)
     t_raw_export = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    coded_chunks = export_chunks(coded, hist)
-    t_coded_export = time.perf_counter() - t0
-    raw_bytes, coded_bytes = sum(map(len, raw_chunks)), sum(map(len, coded_chunks))
+    raw_bytes = sum(map(len, raw_chunks))
     rec = timed(lambda: first_token(raw, prompt), reps=2)
     raw_c = timed(lambda: first_token(raw, prompt, raw_chunks), reps=2)
-    coded_c = timed(lambda: first_token(coded, prompt, coded_chunks), reps=2)
-    _, sq = first_token(coded, prompt, coded_chunks)
     _, rq = first_token(raw, prompt, raw_chunks)
-    spec_s = speculator_alone(coded, prompt, H)
-    verify_s = timed(lambda: coded.kv.verify(coded_chunks, prompt), reps=2)
-    hash_s = timed(lambda: [coded.kv.parse(c) for c in coded_chunks], reps=2)   # container checks only
     x = torch.frombuffer(bytearray(b"\0" * raw_bytes), dtype=torch.uint8)
     h2d = timed(lambda: x.to(dev), reps=3) if dev == "cuda" else float("nan")
-    restored_bf16 = 2 * H * 2 * raw.config.model_args.n_layers * raw.config.model_args.n_kv_heads * \
-        raw.config.model_args.head_dim
-    return dict(model=name, history_tokens=H, new_tokens=NEW_TOKENS, recipe=recipe, raw_bytes=raw_bytes,
+    base = dict(model=name, history_tokens=H, new_tokens=NEW_TOKENS, raw_bytes=raw_bytes, recompute_s=rec,
+                raw_compute_s=raw_c, restored_tokens_raw=rq.num_restored, prefill_tokens_per_s=(H + NEW_TOKENS) / rec,
+                h2d_GBps=raw_bytes / 1e9 / h2d, export_raw_s=t_raw_export,
+                raw_stream_s={str(R): streamed(raw, prompt, raw_chunks, R)[0] for R in rates})
+    per_recipe, chunks_by_recipe = {}, {}
+    for recipe, eng in coded.items():
+        try:
+            t0 = time.perf_counter()
+            cc = export_chunks(eng, hist)
+            t_export = time.perf_counter() - t0
+            coded_bytes = sum(map(len, cc))
+            coded_c = timed(lambda: first_token(eng, prompt, cc), reps=2)
+            _, sq = first_token(eng, prompt, cc)
+            spec_s = speculator_alone(eng, prompt, H)
+            verify_s = timed(lambda: eng.kv.verify(cc, prompt), reps=2)
+            hash_s = timed(lambda: [eng.kv.parse(c) for c in cc], reps=2)   # container checks only
+            per_recipe[recipe] = dict(
                 coded_bytes=coded_bytes, bits_per_value=8 * coded_bytes / (restored_bf16 / 2),
-                restored_tokens_coded=sq.num_restored, restored_tokens_raw=rq.num_restored,
-                recompute_s=rec, raw_compute_s=raw_c, coded_compute_s=coded_c,
-                speculator_s=spec_s, coded_verify_s=verify_s, container_check_s=hash_s,
+                restored_tokens_coded=sq.num_restored, coded_compute_s=coded_c, speculator_s=spec_s,
+                coded_verify_s=verify_s, container_check_s=hash_s,
                 restore_over_predictor=(verify_s - hash_s) / spec_s,
-                prefill_tokens_per_s=(H + NEW_TOKENS) / rec,
                 decoder_GBps=restored_bf16 / 1e9 / max(verify_s - hash_s - spec_s, 1e-9),
-                h2d_GBps=raw_bytes / 1e9 / h2d, export_raw_s=t_raw_export, export_coded_s=t_coded_export,
-                chunks=len(coded_chunks)), raw, coded, prompt, coded_chunks, raw_chunks
+                export_coded_s=t_export, chunks=len(cc),
+                coded_stream_s={str(R): streamed(eng, prompt, cc, R)[0] for R in rates})
+            chunks_by_recipe[recipe] = cc
+        except Exception as e:       # one recipe failing must not lose the others' rows
+            per_recipe[recipe] = dict(error=repr(e))
+        print(f"#   H={H} {recipe}: {json.dumps(per_recipe[recipe])[:300]}", flush=True)
+    first = next(iter(coded))
+    row = dict(base, recipe=first, **per_recipe[first], recipes=per_recipe)
+    return row, prompt, raw_chunks, chunks_by_recipe.get(first)
 
 
 def under_load(raw: LLMEngine, coded: LLMEngine, prompt, raw_chunks, coded_chunks, S: int) -> list[dict]:
@@ -195,13 +251,30 @@ def under_load(raw: LLMEngine, coded: LLMEngine, prompt, raw_chunks, coded_chunk
     return rows
 
 
+def ttft_rows(m: dict, rates: list[float]) -> list[dict]:
+    """One row per storage rate: the composed and the streamed seconds of each way."""
+    out = []
+    for R in rates:
+        t = dict(model=m["model"], history_tokens=m["history_tokens"], storage_GBps=R, recompute_s=m["recompute_s"],
+                 raw_s=m["raw_bytes"] / 1e9 / R + m["raw_compute_s"], raw_stream_s=m["raw_stream_s"][str(R)],
+                 coded_recipe=m["recipe"])
+        if "coded_bytes" in m:
+            t.update(coded_s=m["coded_bytes"] / 1e9 / R + m["coded_compute_s"], coded_stream_s=m["coded_stream_s"][str(R)])
+        t["coded_s_by_recipe"] = {k: v["coded_bytes"] / 1e9 / R + v["coded_compute_s"]
+                                  for k, v in m["recipes"].items() if "coded_bytes" in v}
+        t["coded_stream_s_by_recipe"] = {k: v["coded_stream_s"][str(R)] for k, v in m["recipes"].items()
+                                         if "coded_stream_s" in v}
+        out.append(t)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
     ap.add_argument("--models", default="llama3-8b")
     ap.add_argument("--history", default="1024,4096,16384")
     ap.add_argument("--rates", default="0.1,1,3,10")
-    ap.add_argument("--recipe", default="w8a8-kvx")
+    ap.add_argument("--recipes", default="w8a8-kvx", help="coded restore predictors; the first is the default")
     ap.add_argument("--load-sessions", type=int, default=32)
     ap.add_argument("--load-model", default="llama3-8b")
     ap.add_argument("--load-history", type=int, default=4096)
@@ -212,38 +285,41 @@ def main(argv=None):
                 device=torch.cuda.get_device_name() if dev == "cuda" else "cpu", torch=torch.__version__,
                 argv=sys.argv[1:] if argv is None else argv)
     f = open(os.path.join(a.out, "resume.jsonl"), "a")
+    rates = [float(r) for r in a.rates.split(",")]
+    histories = [int(h) for h in a.history.split(",")]
     rows, ttft, load = [], [], []
     for name in a.models.split(","):
-        for H in (int(h) for h in a.history.split(",")):
-            load_here = a.load_sessions if (H == a.load_history and name == a.load_model) else 0
-            m, raw, coded, prompt, cc, rc = measure(name, H, dev, a.recipe, load_here)
+        S = a.load_sessions if name == a.load_model and a.load_history in histories else 0
+        raw, coded = build(name, dev, a.recipes.split(","), max(histories), S, a.load_history)
+        for H in histories:
+            m, prompt, rc, cc = measure(raw, coded, H, rates)
             m["meta"] = meta
             f.write(json.dumps(m) + "\n")
             f.flush()
-            print(json.dumps({k: v for k, v in m.items() if k != "meta"}), flush=True)
+            print(json.dumps({k: v for k, v in m.items() if k not in ("meta", "recipes")}), flush=True)
             rows.append(m)
-            for R in (float(r) for r in a.rates.split(",")):
-                t = dict(model=name, history_tokens=H, storage_GBps=R, recompute_s=m["recompute_s"],
-                         raw_s=m["raw_bytes"] / 1e9 / R + m["raw_compute_s"],
-                         coded_s=m["coded_bytes"] / 1e9 / R + m["coded_compute_s"])
+            for t in ttft_rows(m, rates):
                 f.write(json.dumps({"section": "ttft", **t}) + "\n")
                 ttft.append(t)
-            if load_here:
-                for r in under_load(raw, coded, prompt, rc, cc, a.load_sessions):
+            if S and H == a.load_history and cc is not None:
+                for r in under_load(raw, next(iter(coded.values())), prompt, rc, cc, S):
                     f.write(json.dumps(r) + "\n")
                     load.append(r)
-            del raw, coded
-            torch.cuda.empty_cache() if dev == "cuda" else None
+        del raw, coded
+        torch.cuda.empty_cache() if dev == "cuda" else None
     best = [r for r in rows if r["model"] == "llama3-8b" and r["history_tokens"] == 4096] or rows[-1:]
     summary = {"ttft": ttft, "load": load, "measured": [{k: v for k, v in r.items() if k != "meta"} for r in rows],
-               "restore_over_predictor_ratio": best[0]["restore_over_predictor"] if best else None, "meta": meta}
+               "restore_over_predictor_ratio": best[0].get("restore_over_predictor") if best else None, "meta": meta}
     with open(os.path.join(a.out, "resume-gpu.json"), "w") as g:
         json.dump(summary, g, indent=1)
-    print("\nmodel        H      GB/s  recompute_s  raw_s   coded_s  best")
+    print("\nmodel        H      GB/s  recompute  raw(comp/stream)  coded(comp/stream)  best")
     for t in ttft:
-        best3 = min(("recompute", t["recompute_s"]), ("raw", t["raw_s"]), ("coded", t["coded_s"]), key=lambda x: x[1])
-        print(f"{t['model']:<12} {t['history_tokens']:>6} {t['storage_GBps']:>5} {t['recompute_s']:10.3f} "
-              f"{t['raw_s']:8.3f} {t['coded_s']:8.3f}  {best3[0]}")
+        ways = [("recompute", t["recompute_s"]), ("raw", t["raw_stream_s"])]
+        if "coded_stream_s" in t:
+            ways.append(("coded", t["coded_stream_s"]))
+        print(f"{t['model']:<12} {t['history_tokens']:>6} {t['storage_GBps']:>5} {t['recompute_s']:9.3f} "
+              f"{t['raw_s']:8.3f}/{t['raw_stream_s']:<8.3f} {t.get('coded_s', float('nan')):8.3f}/"
+              f"{t.get('coded_stream_s', float('nan')):<8.3f}  {min(ways, key=lambda w: w[1])[0]}")
 
 
 if __name__ == "__main__":

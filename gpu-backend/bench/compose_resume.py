@@ -24,6 +24,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "
 
 
 def rows(path):
+    if isinstance(path, list):
+        return [r for p in path for r in rows(p)]
     return [json.loads(line) for line in open(path)] if path and os.path.exists(path) else []
 
 
@@ -37,7 +39,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--coder", default=os.path.join(RESULTS, "kv-coder-h200-2026-12-01", "run3", "coder.jsonl"))
     ap.add_argument("--cost", default=os.path.join(RESULTS, "predictor-cost-h200-2026-12-01", "predictors.jsonl"))
-    ap.add_argument("--resume", default=None, help="bench_resume's resume.jsonl, if it ran")
+    ap.add_argument("--resume", action="append", default=[], help="bench_resume's resume.jsonl (repeatable), if it ran")
     ap.add_argument("--fuzz", default=os.path.join(RESULTS, "fuzz-cpu-2026-12-01", "fuzz.json"))
     ap.add_argument("--recipe", default="w8a8-kvx", help="the restore's predictor")
     ap.add_argument("--out", default=os.path.join(RESULTS, "summary", "resume-gpu.json"))
@@ -70,8 +72,13 @@ def main(argv=None):
     measured = [r for r in rows(a.resume) if r.get("section") == "ttft"]
     ttft, composed = [], not measured
     if measured:
-        ttft = [{k: r[k] for k in ("model", "history_tokens", "storage_GBps", "recompute_s", "raw_s", "coded_s")}
-                for r in measured]
+        # raw_s / coded_s: the throttled runs (chunks streamed into verify_stream at the rate), when the bench
+        # made them; the composed bytes / rate + compute beside them
+        ttft = [{"model": r["model"], "history_tokens": r["history_tokens"], "storage_GBps": r["storage_GBps"],
+                 "recompute_s": r["recompute_s"], "raw_s": r.get("raw_stream_s", r["raw_s"]),
+                 "coded_s": r.get("coded_stream_s", r.get("coded_s")), "raw_composed_s": r["raw_s"],
+                 "coded_composed_s": r.get("coded_s"), "coded_recipe": r.get("coded_recipe"),
+                 "coded_s_by_recipe": r.get("coded_stream_s_by_recipe")} for r in measured]
         fused = [r for r in rows(a.resume) if "restore_over_predictor" in r and r["model"] == "llama3-8b"
                  and r["history_tokens"] == 4096]
         out["restore_over_predictor_ratio"] = fused[0]["restore_over_predictor"] if fused else None
@@ -94,8 +101,10 @@ def main(argv=None):
     out["ttft_composed"] = composed
     fz = json.load(open(a.fuzz)) if a.fuzz and os.path.exists(a.fuzz) else None
     out["fuzz"] = fz and {k: fz[k] for k in ("cases", "crashes", "hangs", "wrong_decodes")}
-    out["sources"] = {k: os.path.relpath(v, os.path.join(RESULTS, "..", "..")) for k, v in
-                      dict(coder=a.coder, cost=a.cost, resume=a.resume, fuzz=a.fuzz).items() if v and os.path.exists(v)}
+    out["load"] = [r for r in rows(a.resume) if r.get("section") == "load"]
+    rel = lambda v: os.path.relpath(v, os.path.join(RESULTS, "..", ".."))  # noqa: E731
+    out["sources"] = {k: rel(v) for k, v in dict(coder=a.coder, cost=a.cost, fuzz=a.fuzz).items() if v and os.path.exists(v)}
+    out["sources"]["resume"] = [rel(v) for v in a.resume if os.path.exists(v)]
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -98,6 +98,11 @@ class Config:
     secret: str | None = None            # HMAC secret for the edge; None disables the server's auth
     tokenizer_path: str | None = None    # tokenizer.json; None: the tokenizer in the GGUF metadata
     kv_codec: str = "raw"                # exported KV chunks: "raw" (the cache's dtype) | "spec-v1" | "spec-v2" (BF16)
+    speculator_recipe: str = "w8a8-kvx"  # the FP8 speculator's recipe (speculator/recipe.py) when kv_codec is spec-*
+    # Where the speculator's FP8 copy is derived: "cpu" gives bytes that do not depend on the machine (its
+    # digest is in every chunk's fingerprint); "device" derives on the GPU (seconds instead of minutes at 8B;
+    # rare last-bit differences across GPUs would make another backend refuse the chunks, then recompute).
+    speculator_derive: str = "cpu"
     max_seq_len: int | None = None       # longest sequence (RoPE table); None: the preset's
     max_loras: int = 64                  # LoRA adapters resident in the KV pool at once (slots); 0: no LoRA
     lora_host_bytes: int = 4 << 30       # host LRU of parsed, paged adapters
@@ -123,6 +128,11 @@ class Config:
             raise ValueError("prefill_chunk_size must be <= max_num_batched_tokens")
         if self.kv_codec not in ("raw", "spec-v1", "spec-v2"):
             raise ValueError(f"kv_codec must be raw, spec-v1 or spec-v2, got {self.kv_codec!r}")
+        from .speculator.recipe import RECIPES
+        if self.speculator_recipe not in RECIPES:
+            raise ValueError(f"speculator_recipe must be one of {sorted(RECIPES)}, got {self.speculator_recipe!r}")
+        if self.speculator_derive not in ("cpu", "device"):
+            raise ValueError(f"speculator_derive must be cpu or device, got {self.speculator_derive!r}")
         if self.kv_codec != "raw" and self.dtype != "bfloat16":
             raise ValueError(f"kv_codec {self.kv_codec} codes BF16 caches: use dtype bfloat16")
         if not 0 <= self.port <= 65535:

@@ -87,12 +87,15 @@ def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.de
 
 class SpecKvCoder:
     def __init__(self, model: torch.nn.Module, device: torch.device, recipe: str = "w8a8-kvx",
-                 model_name: str = "improved", codec: str = "spec-v2"):
-        """Derives the speculator from the BF16 model's weights (on the CPU, so its digest does not
-        depend on the machine) and runs it on `device`. `codec`: what export writes (both decode)."""
+                 model_name: str = "improved", codec: str = "spec-v2", derive: str = "cpu"):
+        """Derives the speculator from the BF16 model's weights (on the CPU by default, so its digest does
+        not depend on the machine; derive="device": on `device`) and runs it on `device`. `codec`: what
+        export writes (both decode)."""
         self.args, self.codec, self.version = model.args, codec, SPEC_CODECS[codec]
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe)), device=device)
+        where = torch.device("cpu") if derive == "cpu" else torch.device(device)
+        sd = {k: v.detach().to(where) for k, v in model.state_dict().items()}
+        self.spec = Speculator(create_quantized_state_dict(sd, self.args, get_recipe(recipe), device=where),
+                               device=device)
         self.model_name = model_name
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-encode")
         self._loras: dict[str, SpecLora] = {}
@@ -195,14 +198,15 @@ def refusal_reason(e: ChunkError) -> str:
 
 class KvRestore:
     def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, *, device: torch.device | str,
-                 dtype: torch.dtype, kv_codec: str = "raw"):
+                 dtype: torch.dtype, kv_codec: str = "raw", recipe: str = "w8a8-kvx", derive: str = "cpu"):
         if kv_codec not in KV_CODECS:
             raise ValueError(f"kv_codec must be one of {KV_CODECS}")
         self.model, self.kv_cache = model, kv_cache
         self.args, self.device, self.dtype = model.args, torch.device(device), dtype
         self._weights_sha256: str | None = None
         # "raw": chunks carry the cache's own dtype; "spec-v1"/"spec-v2": coded against the FP8 speculator
-        self.coder = SpecKvCoder(model, self.device, codec=kv_codec) if kv_codec in SPEC_CODECS else None
+        self.coder = (SpecKvCoder(model, self.device, recipe=recipe, codec=kv_codec, derive=derive)
+                      if kv_codec in SPEC_CODECS else None)
 
     @property
     def producer(self) -> str:

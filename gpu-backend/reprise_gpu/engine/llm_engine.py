@@ -58,7 +58,8 @@ class LLMEngine:
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
                                   compile_decode=compile_decode)
         self.kv = KvRestore(self.model, self.runner.kv_cache, device=config.device, dtype=config.torch_dtype,
-                            kv_codec=config.kv_codec)
+                            kv_codec=config.kv_codec, recipe=config.speculator_recipe,
+                            derive=config.speculator_derive)
         self.lora_pool: LoraPool | None = None
         self.adapters: AdapterRegistry | None = None
         if config.max_loras:
