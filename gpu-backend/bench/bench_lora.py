@@ -10,11 +10,14 @@ popularity p(k) ~ 1 / (k + 1)^alpha over N adapters; adapter k's rank is drawn f
 are --modules; weights are random and non-zero. Adapters start on the host (pinned pages) and load on
 demand into the paged pool while the batch runs. Variants in the same process, same GPU:
     base     the same requests without adapters (the upper bound)
-    lora     our SGMV/BGMV path, for each N
+    lora     our path (SGMV prefill, sorted token tiles for decode), for each N
+    lora-bgmv the same with the previous decode kernels (BGMV, one token per program), for --old-kernels N
     naive    per-adapter gather + matmul loop (ops mode "reference", eager), small N
     peft     HF transformers + PEFT `generate(adapter_names=...)`, one static batch, small request count
     merged   one adapter merged into the weights in place (then restored bit for bit)
-Then: merged-weights match (a mixed batch of adapters vs each adapter merged in, greedy tokens) and cold
+Then: merged-weights match (a mixed batch of adapters vs each adapter merged in, greedy tokens; `match`
+from a float32 engine, where LoRA and merging agree exactly; `bf16_same` counts the BF16 engine's
+prompts that agree anyway: BF16 rounds W + sBA once per weight, LoRA each projection's output) and cold
 loads by rank: host -> GPU (pool load) and storage -> GPU (HTTP GET of the safetensors on localhost,
 parse, check, pack, load; the device has no R2). Adapters of equal rank share host tensors (a bank of
 --bank per rank) so 2048 of them fit in host memory; each still gets its own pages and its own load.
@@ -115,16 +118,16 @@ class Bench:
         ks = rng.choice(n_adapters, size=n, p=p / p.sum())
         return prompts, [self.adapter(int(k)) for k in ks]
 
-    def clear_pool(self):
-        pool = self.engine.lora_pool
+    def clear_pool(self, eng=None):
+        pool = (eng or self.engine).lora_pool
         while pool._evict_one():
             pass
 
-    def run(self, prompts, adapters, max_tokens=None):
+    def run(self, prompts, adapters, max_tokens=None, eng=None):
         """-> (tokens/s, p50 and p99 time per output token in ms, completions) through the engine."""
-        eng, g = self.engine, max_tokens or self.a.gen
+        eng, g = eng or self.engine, max_tokens or self.a.gen
         params = SamplingParams(max_tokens=g, temperature=0.0, ignore_eos=True)
-        self.clear_pool()
+        self.clear_pool(eng)
         sync()
         t0 = time.perf_counter()
         seqs = [eng.add_request(p, params, adapter=ad) for p, ad in zip(prompts, adapters)]
@@ -153,7 +156,26 @@ class Bench:
             tps, p50, p99, _ = self.run(*self.workload(n, a.requests))
             pool = self.engine.lora_pool
             self.log(variant="lora", adapters=n, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99,
-                     distinct=len({ad.key for ad in self.workload(n, a.requests)[1]}), loads=pool.loads)
+                     distinct=len({ad.key for ad in self.workload(n, a.requests)[1]}), loads=pool.loads,
+                     decode_kernels="tiles")
+        if a.old_kernels:
+            self.old_kernels()
+
+    def old_kernels(self):
+        """The same LoRA runs with the BGMV decode kernels: their own LoRA graphs, then the tiles' back."""
+        a, runner = self.a, self.engine.runner
+        tiles_graphs = dict(runner.lora_graphs)
+        try:
+            with ops.lora_decode("bgmv"):
+                if runner.graphs:
+                    runner.capture_graphs(None, lora=True)
+                for n in a.old_kernels:
+                    tps, p50, p99, _ = self.run(*self.workload(n, a.requests))
+                    self.log(variant="lora-bgmv", adapters=n, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99,
+                             distinct=len({ad.key for ad in self.workload(n, a.requests)[1]}),
+                             decode_kernels="bgmv")
+        finally:
+            runner.lora_graphs = tiles_graphs
 
     def naive(self):
         """The per-adapter loop (the float32 references, eager: no LoRA graphs)."""
@@ -209,41 +231,66 @@ class Bench:
             del pm
 
     def merged(self):
-        """Merged-weights match in a mixed batch, then merged throughput; weights restored exactly after."""
-        a, args, eng = self.a, self.args, self.engine
+        """Merged-weights match in a mixed batch (BF16 engine: agreement count, and the merged throughput;
+        then a float32 engine: exact greedy-token equality expected); weights restored exactly after."""
+        a = self.a
         ads = [self.adapter(k) for k in range(a.match_adapters)]
+        bf16, _ = self._match(self.engine, ads, throughput_of=ads[0])
+        del _
+        cfg32 = dataclasses.replace(self.cfg, dtype="float32", num_kv_blocks=min(self.cfg.num_kv_blocks, 2048),
+                                    max_num_seqs=16, max_loras=len(ads) + 2, max_queue=64)
+        eng32 = LLMEngine(cfg32, tokenizer=ByteTokenizer())
+        try:
+            pe = eng32.lora_pool.page_elems
+            ads32 = [pack(self._dense(ad, "cpu"), self.args, pe, torch.float32, pin=self.cfg.device == "cuda")
+                     for ad in ads]
+            f32, detail = self._match(eng32, ads32)
+        finally:
+            del eng32
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.log(variant="merged_match", adapters=len(ads), match=bool(f32) and all(f32), prompts=len(f32),
+                 dtype="float32", bf16_same=sum(bf16), bf16_prompts=len(bf16), detail=detail)
+
+    def _dense(self, ad, dev) -> LoraAdapter:
+        """The packed adapter's weights, float32 on `dev` (its BF16 values exactly)."""
+        from reprise_gpu.lora.pool import dense
+        A, B = dense(ad, self.args)
+        return LoraAdapter(ad.key, ad.rank, ad.scaling, ad.modules, {m: t.to(dev) for m, t in A.items()},
+                           {m: t.to(dev) for m, t in B.items()})
+
+    def _match(self, eng, ads, throughput_of=None):
+        """-> ([same greedy tokens, per prompt], detail): LoRA in one mixed batch vs each adapter merged into
+        eng's weights in turn (in place, restored bit for bit). With throughput_of, also logs the merged
+        throughput with that adapter merged."""
+        a, args = self.a, self.args
         rng = np.random.default_rng(7)
         prompts = [rng.integers(0, args.vocab_size, 24 + 5 * i).tolist() for i in range(2 * len(ads) + 2)]
         which = [None, None] + [ads[i % len(ads)] for i in range(2 * len(ads))]
-        *_, got = self.run(prompts, which, max_tokens=a.match_tokens)
+        *_, got = self.run(prompts, which, max_tokens=a.match_tokens, eng=eng)
         sd = {k: v for k, v in eng.model.state_dict().items() if "proj" in k}
         saved = {k: v.clone() for k, v in sd.items()}
-        from reprise_gpu.lora.pool import dense
         matches, detail = [], []
         try:
             for ad in [None, *ads]:
                 if ad is not None:
-                    A, B = dense(ad, args)
-                    dev = self.cfg.device
-                    la = LoraAdapter(ad.key, ad.rank, ad.scaling, ad.modules, {m: t.to(dev) for m, t in A.items()},
-                                     {m: t.to(dev) for m, t in B.items()})
-                    for k, v in merged_state_dict(saved, la, args).items():
+                    for k, v in merged_state_dict(saved, self._dense(ad, self.cfg.device), args).items():
                         sd[k].copy_(v)
                 idx = [i for i, w in enumerate(which) if w is ad]
-                *_, want = self.run([prompts[i] for i in idx], [None] * len(idx), max_tokens=a.match_tokens)
+                *_, want = self.run([prompts[i] for i in idx], [None] * len(idx), max_tokens=a.match_tokens, eng=eng)
                 for i, w in zip(idx, want):
                     matches.append(got[i] == w)
                     detail.append(dict(adapter=None if ad is None else ad.key, same=got[i] == w,
                                        first_diff=next((j for j, (x, y) in enumerate(zip(got[i], w)) if x != y), None)))
-                if ad is ads[0]:
-                    tps, p50, p99, _ = self.run(*self.workload(0, a.requests))
+                if throughput_of is not None and ad is throughput_of:
+                    tps, p50, p99, _ = self.run(*self.workload(0, a.requests), eng=eng)
                     self.log(variant="merged", adapters=1, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99)
                 for k in sd:
                     sd[k].copy_(saved[k])
         finally:
             for k in sd:
                 sd[k].copy_(saved[k])
-        self.log(variant="merged_match", adapters=len(ads), match=all(matches), prompts=len(matches), detail=detail)
+        return matches, detail
 
     def cold_loads(self):
         import threading
@@ -304,6 +351,7 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--adapters", default="1,8,64,512,1024,2048")
     p.add_argument("--naive", default="1,8,64")
+    p.add_argument("--old-kernels", default="", help="adapter counts to rerun with the BGMV decode kernels")
     p.add_argument("--peft", default="1,64,1024")
     p.add_argument("--ranks", default="8,16,32,64,128")
     p.add_argument("--modules", default="q,k,v,o")
@@ -326,8 +374,9 @@ def main():
     if a.quick:
         a.requests, a.naive_requests, a.peft_requests, a.peft_gen, a.gen, a.prompt_len = 12, 6, 4, 3, 4, 8
         a.max_num_seqs, a.kv_blocks, a.max_loras, a.bank, a.match_adapters, a.match_tokens = 8, 512, 8, 1, 2, 4
-        a.adapters, a.naive, a.peft = "1,8", "2", "2"
-    a.adapters, a.naive, a.peft = ([int(x) for x in s.split(",") if x] for s in (a.adapters, a.naive, a.peft))
+        a.adapters, a.naive, a.peft, a.old_kernels = "1,8", "2", "2", "8"
+    a.adapters, a.naive, a.peft, a.old_kernels = ([int(x) for x in s.split(",") if x]
+                                                  for s in (a.adapters, a.naive, a.peft, a.old_kernels))
     os.makedirs(a.out, exist_ok=True)
     b = Bench(a)
     steps = dict(lora=b.throughput, naive=b.naive, peft=b.peft, merged=b.merged, cold=b.cold_loads)

@@ -3,8 +3,11 @@
     python bench/summarize_lora.py RESULTS_DIR [--summary bench/results/summary/lora.json]
 
 rows: {model, adapters, tokens_per_s, base_tokens_per_s, peft_tokens_per_s, p99_tpot_ms} per model and
-adapter count (peft_tokens_per_s is null where PEFT was not run at that count); merged_match: true only
-if every merged-weights check of every model matched on every prompt; cold_load_ms_by_rank per model.
+adapter count (peft_tokens_per_s is null where PEFT was not run at that count; bgmv_tokens_per_s: the same
+N on the old BGMV decode kernels, bench_lora.py --old-kernels, else null; decode_kernels: which kernels
+the row ran); merged_match: true only if every merged-weights check of every model matched on every
+prompt (float32 engine since the tiles change; before, BF16); merged_match_bf16: "same/prompts" of the
+BF16 engine per model; cold_load_ms_by_rank per model.
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ def summarize(rows):
         mr = [r for r in rows if r["model"] == m]
         base = next((r for r in mr if r["variant"] == "base"), None)
         peft = {r["adapters"]: r for r in mr if r["variant"] == "peft"}
+        bgmv = {r["adapters"]: r for r in mr if r["variant"] == "lora-bgmv"}     # the old decode kernels
         for r in (r for r in mr if r["variant"] == "lora"):
             p = peft.get(r["adapters"])
             out["rows"].append(dict(model=m, adapters=r["adapters"], tokens_per_s=round(r["tokens_per_s"], 1),
                                     base_tokens_per_s=round(base["tokens_per_s"], 1) if base else None,
                                     peft_tokens_per_s=round(p["tokens_per_s"], 1) if p else None,
+                                    bgmv_tokens_per_s=round(bgmv[r["adapters"]]["tokens_per_s"], 1)
+                                    if r["adapters"] in bgmv else None,
+                                    decode_kernels=r.get("decode_kernels", "bgmv"),
                                     p99_tpot_ms=round(r["p99_tpot_ms"], 3), p50_tpot_ms=round(r["p50_tpot_ms"], 3),
                                     distinct_adapters_used=r.get("distinct")))
         out["naive"] += [dict(model=m, adapters=r["adapters"], tokens_per_s=round(r["tokens_per_s"], 1))
@@ -48,6 +55,9 @@ def summarize(rows):
         if mg:
             out["merged"][m] = round(mg["tokens_per_s"], 1)
         matches += [r["match"] for r in mr if r["variant"] == "merged_match"]
+        out.setdefault("merged_match_bf16", {})[m] = next(
+            (f"{r['bf16_same']}/{r['bf16_prompts']}" for r in mr if r["variant"] == "merged_match" and "bf16_same" in r),
+            None)
         out["cold_load_ms_by_rank"][m] = {str(r["rank"]): {"host_to_gpu": round(r["host_to_gpu_ms"], 3),
                                                            "storage_to_gpu": round(r["storage_to_gpu_ms"], 2)}
                                           for r in mr if r["variant"] == "cold_load"}

@@ -13,6 +13,7 @@ from reprise_gpu.engine.llm_engine import LLMEngine, load_model
 from reprise_gpu.engine.sampling import SamplingParams
 from reprise_gpu.kernels.lora_expand import bgmv_expand, lora_expand_ref, sgmv_expand
 from reprise_gpu.kernels.lora_shrink import bgmv_shrink, lora_shrink_ref, sgmv_shrink
+from reprise_gpu.kernels.lora_tiles import build_tiles, tile_expand, tile_shrink, unsort_partials
 from reprise_gpu.lora.merge import merged_state_dict
 from reprise_gpu.lora.registry import parse_adapter
 from reprise_gpu.models.llama import build_model
@@ -32,14 +33,21 @@ def test_kernels_at_model_shapes(K, slices, mod0, kind, T):
     y_ref = lora_shrink_ref(x, pool, a_off, ranks, slots, mod0, n)
     m = valid(y_ref, slots, ranks, mod0, n)
     starts, seg_slots, max_len = segments(slots_np)
+    order, tiles = (torch.from_numpy(v).cuda() for v in build_tiles(slots_np.astype("int32")))
+    yp = tile_shrink(x, pool, a_off, ranks, order, tiles, mod0, n)
     for y in (bgmv_shrink(x, pool, a_off, ranks, slots, mod0, n),
-              sgmv_shrink(x, pool, a_off, ranks, starts, seg_slots, max_len, mod0, n)):
+              sgmv_shrink(x, pool, a_off, ranks, starts, seg_slots, max_len, mod0, n), unsort_partials(yp, order)):
         torch.testing.assert_close(y[m], y_ref[m], atol=0.05 * y_ref.abs().max().item(), rtol=0.02)
     base = torch.randn(T, sum(w for _, w in slices), device="cuda").to(torch.bfloat16)
-    outs = [base.clone() for _ in range(3)]
+    outs = [base.clone() for _ in range(4)]
     lora_expand_ref(outs[0], y_ref, pool, b_off, ranks, scaling, slots, mod0, slices)
     bgmv_expand(outs[1], y_ref, pool, b_off, ranks, scaling, slots, mod0, slices)
     sgmv_expand(outs[2], y_ref, pool, b_off, ranks, scaling, starts, seg_slots, max_len, mod0, slices)
+    tile_expand(outs[3], yp, pool, b_off, ranks, scaling, order, tiles, mod0, slices)
+    again = base.clone()                       # split-K without atomics: a rerun gives the same bits
+    tile_expand(again, tile_shrink(x, pool, a_off, ranks, order, tiles, mod0, n), pool, b_off, ranks, scaling, order,
+                tiles, mod0, slices)
+    assert torch.equal(again.view(torch.int16), outs[3].view(torch.int16))
     for o in outs[1:]:
         torch.testing.assert_close(o.float(), outs[0].float(), atol=0.05 * outs[0].float().abs().max().item(), rtol=0.02)
 

@@ -48,15 +48,22 @@ def merged_tokens(base, ad, ps, params):
     return [o["token_ids"] for o in engine(model, max_loras=0).generate(ps, params)]
 
 
-@pytest.mark.parametrize("mode,graphs", [("reference", False), ("triton", True)])
-def test_mixed_batch_matches_merged(adapters, mode, graphs):
+@pytest.mark.parametrize("mode,graphs", [("reference", False), ("triton", True), ("triton", False)])
+def test_mixed_batch_matches_merged(adapters, mode, graphs, monkeypatch):
     files, parsed = adapters
+    tile_calls = []
+    real_tile_shrink = ops.tile_shrink
+    monkeypatch.setattr(ops, "tile_shrink", lambda *a: (tile_calls.append(a[0].shape[0]), real_tile_shrink(*a))[1])
     base = tiny_model("float32")
     eng = engine(base)
     if graphs:
         eng.runner.capture_graphs(eng.config.max_num_seqs)
         eng.runner.enable_lora(eng.lora_pool)
         assert all(isinstance(g.graph, EagerReplay) for g in eng.runner.lora_graphs.values())
+        # the LoRA graphs read the sorted token tiles from the runner's own input buffer
+        assert all(g.inputs[3].tiles is not None and g.inputs[3].tiles.shape == (bs, 3)
+                   and g.inputs[3].order.untyped_storage().data_ptr() == eng.runner._d64.untyped_storage().data_ptr()
+                   for bs, g in eng.runner.lora_graphs.items())
     packed = [eng.adapters.add(c, w) for c, w in files]
     # several adapters and the base model in one batch (fewer under the slow Triton interpreter)
     which = [None, 0, 1, 2, 3, 0, 1, None, 2, 3][:6 if mode == "triton" else 10]
@@ -72,6 +79,8 @@ def test_mixed_batch_matches_merged(adapters, mode, graphs):
             eng.step()
     if graphs:
         assert replays, "decode steps with adapters must replay the LoRA graphs"
+    if mode == "triton":   # graphs or eager decode (lora/batch.py's tiles)
+        assert tile_calls, "decode LoRA must run on the sorted token tiles (kernels/lora_tiles.py)"
     for w in set(which):
         idx = [i for i, x in enumerate(which) if x == w]
         want = merged_tokens(base, None if w is None else parsed[w], [ps[i] for i in idx], params)

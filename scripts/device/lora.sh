@@ -4,10 +4,13 @@
 #   STAGE=../.stage WHL=../.whl bash scripts/device/lora.sh stage-b [steps]   # carry .stage/b .whl .wt-lora
 # stage-a: CUDA tests and the synthetic 8B-shape bench; stage-b (right after, same machine): joins the
 # SmolLM2 GGUF, its CUDA tests and bench, then the summary of both (8B results kept under /root/lora).
+# Step `tiles` (sorted-token-tile decode kernels vs BGMV; no GGUF; steps boxed at 170+130+200 s), as .wt-lora-tiles:
+#   cd .wt-lora-tiles && bash scripts/device/lora.sh stage-a tiles     # carry .wt-lora-tiles .stage/a .whl
 set -uo pipefail
 section=$1; shift
 mkdir -p /root/lora
 STAGE=${STAGE:-.stage}; STEP_TAIL=12
+if [ -z "${WHL:-}" ] && [ ! -d .whl ] && [ -d ../.whl ]; then WHL=../.whl; fi   # run from a carried .wt-* folder
 source "$(dirname "$0")/prelude.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, peft, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
@@ -16,9 +19,17 @@ case "$section" in
     mkdir -p /root/stage && cp -r "../$STAGE/a/." /root/stage/ 2>/dev/null
     for s in "$@"; do case $s in
       tests) step lora-cuda-tests 150 python3 -m pytest -q -p no:cacheprovider -rA tests/test_lora_cuda.py -k kernels tests/test_lora_kernels.py ;;
-      kernels) step lora-kernels 60 python3 bench/bench_lora_kernels.py --out "$OUT/lora_kernels.jsonl" ;;
+      kernels) step lora-kernels 130 python3 bench/bench_lora_kernels.py --out "$OUT/lora_kernels.jsonl" ;;
       bench8b) step bench-lora-8b "${T8B:-300}" python3 bench/bench_lora.py --model llama3-8b --out /root/lora
                cp /root/lora/lora_llama3-8b.jsonl "$OUT/" ;;
+      tiles)  # old vs new decode kernels: CUDA tests, kernel bench, then the engine at the 8B shape
+        TAIL=20 step lora-tiles-cuda-tests "${TTEST:-170}" python3 -m pytest -q -p no:cacheprovider -rfE \
+          tests/test_lora_tiles.py tests/test_lora_kernels.py tests/test_lora_cuda.py
+        TAIL=45 step lora-kernels-tiles "${TKER:-130}" python3 bench/bench_lora_kernels.py --out "$OUT/lora_kernels_tiles.jsonl"
+        step bench-lora-8b-tiles "${T8B:-200}" python3 bench/bench_lora.py --model llama3-8b --out /root/lora \
+          --adapters "${ADAPTERS:-1,64,1024}" --old-kernels "${OLD:-1024}" --steps lora,merged
+        cp /root/lora/lora_llama3-8b.jsonl "$OUT/" 2>/dev/null
+        grep -h '"variant"' "$OUT/bench-lora-8b-tiles.log" | cut -c1-160 ;;
       *) echo "unknown step $s" ;;
     esac; done ;;
   stage-b)

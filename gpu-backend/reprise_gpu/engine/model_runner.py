@@ -9,7 +9,8 @@ that rewrites a row only when its sequence or table length changed, in the other
 
 With a LoRA pool (enable_lora), a second set of decode graphs is captured with the LoRA kernels in
 every projection; it serves any batch in which some sequence has an adapter, whatever the adapters: the
-per-token adapter slots are one more graph input, and the pool's tables are read in place. Batches
+per-token adapter slots, the tokens sorted by slot and their tile table (kernels/lora_tiles.py: T rows,
+so the grid is fixed) are graph inputs in _d64, and the pool's tables are read in place. Batches
 without adapters keep replaying the plain graphs.
 
 A CUDA graph holds raw device addresses and keeps nothing alive: every tensor a graph reads must be
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..kernels.lora_tiles import build_tiles
 from ..lora.batch import step_metadata
 from ..models.llama import AttnMetadata, LoraMetadata, alloc_kv_cache
 from .block_manager import NULL_BLOCK
@@ -47,6 +49,21 @@ class DecodeGraph:
     logits: torch.Tensor        # [bs, vocab] float32, written by replay()
     tokens: torch.Tensor        # [bs] int64, argmax of logits
     inputs: tuple               # (ids, positions, AttnMetadata[, LoraMetadata]) read by replay(): kept alive here
+
+
+def lora_graph_words(bs: int) -> int:
+    """int64 words of a LoRA graph's extra inputs: slots [bs], order [bs], tiles [bs, 3] (int32 each)."""
+    return 2 * ((bs + 1) // 2) + (3 * bs + 1) // 2
+
+
+def lora_graph_views(buf32, bs: int):
+    """(token slots [bs], order [bs], tiles [bs, 3]): int32 views of a graph input buffer (int64 words, seen
+    as int32; numpy or torch), after a size-bs graph's ids | positions | slots | context lengths."""
+    half = (bs + 1) // 2
+    a = 2 * (3 * bs + half)
+    b = a + 2 * half
+    c = b + 2 * half
+    return buf32[a:a + bs], buf32[b:b + bs], buf32[c:c + 3 * bs].reshape(bs, 3)
 
 
 class GraphInputFreed(RuntimeError):
@@ -205,13 +222,14 @@ class ModelRunner:
     def _replay(self, batch: ScheduledBatch, bs: int) -> DecodeGraph:
         """Pack a decode batch, padded to bs rows, into the graph's inputs and replay it."""
         seqs, n, blk = batch.seqs, len(batch), self.block_size
-        h64, ctx = self._h64_np, self._h32_np[6 * bs:7 * bs]       # int64 [ids | pos | slots | ctx | lora slots]
+        h64, ctx = self._h64_np, self._h32_np[6 * bs:7 * bs]       # int64 [ids | pos | slots | ctx | lora: slots, order, tiles]
         lora_slots = [s.lora_slot for s in seqs]
         use_lora = self.lora_graphs and any(x >= 0 for x in lora_slots)
-        if use_lora:
-            ls = self._h32_np[7 * bs + (bs % 2):8 * bs + (bs % 2)]
+        if use_lora:  # the tokens' slots, and the same tokens sorted into adapter tiles (kernels/lora_tiles.py)
+            ls, order, tiles = lora_graph_views(self._h32_np, bs)
             ls[:n] = lora_slots
             ls[n:] = -1
+            build_tiles(ls, order, tiles)
         pos = [s.num_cached for s in seqs]
         h64[:n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
         h64[bs:bs + n] = pos
@@ -225,7 +243,7 @@ class ModelRunner:
         w = self._sync_block_tables(seqs)
         stage = self._hbt_np[:bs * w].reshape(bs, w)
         stage[:] = self._bt_mirror[:bs, :w]
-        m = 3 * bs + (bs + 1) // 2 * (2 if use_lora else 1)
+        m = 3 * bs + (bs + 1) // 2 + (lora_graph_words(bs) if use_lora else 0)
         self._d64[:m].copy_(self._h64[:m], non_blocking=True)
         self._dbt[:bs, :w].copy_(self._hbt[:bs * w].view(bs, w), non_blocking=True)
         g = (self.lora_graphs if use_lora else self.graphs)[bs]
@@ -277,9 +295,12 @@ class ModelRunner:
                                 max_context_len=self.max_model_len)
             inputs = (ids, pos, attn)
             if lora:
-                token_slots = self._d64[3 * bs + half:3 * bs + 2 * half].view(torch.int32)[:bs]
+                token_slots, order, tiles = lora_graph_views(self._d64.view(torch.int32), bs)
                 token_slots.fill_(-1)
-                inputs += (self.lora_pool.metadata(token_slots),)
+                order.copy_(torch.arange(bs, dtype=torch.int32))
+                tiles.zero_()
+                tiles[:, 2] = -1
+                inputs += (self.lora_pool.metadata(token_slots, order=order, tiles=tiles),)
             with torch.inference_mode():
                 if on_cuda:
                     self._warm_up(*inputs)
@@ -299,9 +320,10 @@ class ModelRunner:
     def _alloc_graph_inputs(self, top: int) -> None:
         """Runner-owned graph inputs. A graph of size bs reads ids, positions, slots (int64) from [0, 3 bs),
         its context lengths (int32) from the next (bs + 1) // 2 int64 words and, if it has LoRA, the
-        tokens' adapter slots (int32) from the (bs + 1) // 2 words after those."""
+        tokens' adapter slots, their sorted order and the tile table (int32) from the words after those
+        (lora_graph_views)."""
         dev, on_cuda = self.device, self.device.type == "cuda"
-        n64 = 3 * top + 2 * ((top + 1) // 2)
+        n64 = 3 * top + (top + 1) // 2 + lora_graph_words(top)
         self._d64 = torch.zeros(n64, dtype=torch.int64, device=dev)
         self._dbt = torch.zeros(top, self.max_blocks_per_seq, dtype=torch.int32, device=dev)
         self._dcu = torch.arange(top + 1, dtype=torch.int32, device=dev)  # cu_seqlens: one token per row

@@ -5,7 +5,7 @@
 The adapters' A rows and B^T rows sit in pages of the paged KV pool (lora/pool.py owns the layout); a
 LoraLinear only knows its layer, which of LORA_MODULES its output slices are, and where each slice's
 columns start. Shrink and expand are two kernels per projection (layers/ops.py picks SGMV for prefill
-segments, BGMV per token for decode). State-dict names and weights are nn.Linear's.
+segments, sorted token tiles (or BGMV per token) for decode). State-dict names and weights are nn.Linear's.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class LoraMetadata:
     seg_starts: torch.Tensor | None = None   # int32 [G+1]: prefill segments of tokens sharing a slot (SGMV)
     seg_slots: torch.Tensor | None = None    # int32 [G]
     max_seg_len: int = 0
+    order: torch.Tensor | None = None        # int32 [T]: decode tokens sorted by slot (kernels/lora_tiles.py)
+    tiles: torch.Tensor | None = None        # int32 [T, 3]: (start, end, slot) into order; slot -1 = unused
 
     @property
     def segmented(self) -> bool:

@@ -112,9 +112,10 @@ class LoraPool:
         self.loads = self.evictions = 0
         block_manager.reclaim = self.reclaim
 
-    def metadata(self, token_slots: torch.Tensor, seg_starts=None, seg_slots=None, max_seg_len: int = 0):
+    def metadata(self, token_slots: torch.Tensor, seg_starts=None, seg_slots=None, max_seg_len: int = 0,
+                 order=None, tiles=None):
         return LoraMetadata(self.kv_cache.view(self.kv_cache.shape[0], -1), self.a_off, self.b_off, self.ranks,
-                            self.scaling, token_slots, seg_starts, seg_slots, max_seg_len)
+                            self.scaling, token_slots, seg_starts, seg_slots, max_seg_len, order, tiles)
 
     @property
     def num_blocks_used(self) -> int:
