@@ -162,32 +162,40 @@ class Bench:
             self.old_kernels()
 
     def old_kernels(self):
-        """The same LoRA runs with the BGMV decode kernels: their own LoRA graphs, then the tiles' back."""
+        """The same LoRA runs, one lever off at a time: the tiles with every projection's kernels launched
+        (no attention-only graphs), then the BGMV decode kernels (their own LoRA graphs, all projections);
+        then the tiles' graphs back."""
         a, runner = self.a, self.engine.runner
-        tiles_graphs = dict(runner.lora_graphs)
+        tiles_graphs, attn_graphs = dict(runner.lora_graphs), dict(runner.lora_attn_graphs)
         try:
+            runner.lora_attn_graphs = {}
+            for n in a.old_kernels:
+                tps, p50, p99, _ = self.run(*self.workload(n, a.requests))
+                self.log(variant="lora-allmod", adapters=n, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99,
+                         decode_kernels="tiles, every projection launched")
             with ops.lora_decode("bgmv"):
                 if runner.graphs:
                     runner.capture_graphs(None, lora=True)
+                runner.lora_attn_graphs = {}
                 for n in a.old_kernels:
                     tps, p50, p99, _ = self.run(*self.workload(n, a.requests))
                     self.log(variant="lora-bgmv", adapters=n, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99,
                              distinct=len({ad.key for ad in self.workload(n, a.requests)[1]}),
                              decode_kernels="bgmv")
         finally:
-            runner.lora_graphs = tiles_graphs
+            runner.lora_graphs, runner.lora_attn_graphs = tiles_graphs, attn_graphs
 
     def naive(self):
         """The per-adapter loop (the float32 references, eager: no LoRA graphs)."""
         a = self.a
-        runner, graphs = self.engine.runner, self.engine.runner.lora_graphs
+        runner, graphs, attn = self.engine.runner, self.engine.runner.lora_graphs, self.engine.runner.lora_attn_graphs
         for n in a.naive:
-            runner.lora_graphs = {}
+            runner.lora_graphs = runner.lora_attn_graphs = {}
             try:
                 with ops.kernel_mode("reference"):
                     tps, p50, p99, _ = self.run(*self.workload(n, a.naive_requests))
             finally:
-                runner.lora_graphs = graphs
+                runner.lora_graphs, runner.lora_attn_graphs = graphs, attn
             self.log(variant="naive", adapters=n, tokens_per_s=tps, p50_tpot_ms=p50, p99_tpot_ms=p99,
                      requests_run=a.naive_requests)
 

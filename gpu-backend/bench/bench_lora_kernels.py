@@ -64,11 +64,11 @@ def compile_for_sm90() -> None:
             build(ex._bgmv_expand_kernel, dict(MOD0=mod0, BLOCK_R=sh.BLOCK_R, BLOCK_N=ex.BLOCK_N), ptrs)
             build(ex._sgmv_expand_kernel, dict(MOD0=mod0, N_BLOCKS=3, BLOCK_M=sh.BLOCK_M, BLOCK_R=sh.BLOCK_R,
                                                BLOCK_N=ex.BLOCK_N, DOT_IN_F32=False, DOT_PRECISION="tf32"), ptrs)
-            for k_iters in (lt.K_ITERS, 8, triton.cdiv(K, lt.TILE_K)):
+            for k_iters in (4, 8, triton.cdiv(K, lt.TILE_K)):
                 build(lt._tile_shrink_kernel, dict(K=K, MOD0=mod0, R_BLOCKS=sh.R_MAX // lt.TILE_R, BLOCK_M=lt.TILE_M,
                                                    BLOCK_R=lt.TILE_R, BLOCK_K=lt.TILE_K, K_ITERS=k_iters,
                                                    DOT_IN_F32=False, DOT_PRECISION="tf32"), ptrs)
-            for split in sorted({triton.cdiv(K, lt.TILE_K * k) for k in (lt.K_ITERS, 8)} | {1}):
+            for split in sorted({triton.cdiv(K, lt.TILE_K * k) for k in (4, 8)} | {1}):
                 build(lt._tile_expand_kernel, dict(MOD0=mod0, SPLIT=split, BLOCK_M=lt.TILE_M, BLOCK_R=lt.EXP_R,
                                                    BLOCK_N=lt.EXP_N, DOT_IN_F32=False, DOT_PRECISION="tf32"), ptrs)
 
@@ -183,8 +183,8 @@ def main():
                        "sgmv": lambda: ex.sgmv_expand(o, sh.sgmv_shrink(x, pool, a_off, ranks, starts, seg_slots,
                                                                         max_len, 0, 3), pool, b_off, ranks, scaling,
                                                       starts, seg_slots, max_len, 0, slices),
-                       "tiles": tiles_fn(4), "tiles-nosplit": tiles_fn(triton.cdiv(m.dim, lt.TILE_K)),
-                       "tiles-k8": tiles_fn(8)}
+                       "tiles": tiles_fn(None), "tiles-k4": tiles_fn(4),
+                       "tiles-nosplit": tiles_fn(triton.cdiv(m.dim, lt.TILE_K)), "tiles-k8": tiles_fn(8)}
                 # the new kernels against the old (bgmv) on this very case, before timing anything
                 ref = torch.zeros_like(o)
                 ex.bgmv_expand(ref, sh.bgmv_shrink(x, pool, a_off, ranks, slots, 0, 3), pool, b_off, ranks, scaling,
@@ -205,7 +205,7 @@ def main():
                     print(json.dumps(row), flush=True)
                     if out:
                         out.write(json.dumps(row) + "\n")
-                lt.K_ITERS = 4
+                lt.K_ITERS = None
     print(f"\n{'model':14s} {'kind':9s} {'T':>4s} " + " ".join(f"{k:>13s}" for k in fns) + "   (us)")
     for r in rows:
         if r["bench"] == "lora_kernels_empty":

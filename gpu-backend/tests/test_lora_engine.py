@@ -111,3 +111,39 @@ def test_logits_match_merged(adapters):
             want = m.runner.forward_logits(*m.runner._eager_inputs(b)[:3])
         torch.testing.assert_close(logits[ends[i]], want[-1], atol=1e-4, rtol=1e-4)
         assert seqs[i].adapter is packed[i] and s.adapter is None
+
+
+def test_attention_only_batches_skip_the_mlp_launches(adapters, monkeypatch):
+    """A decode batch whose adapters all leave the MLP alone replays the q/k/v/o-only LoRA graphs (no MLP
+    LoRA launches), with the merged model's tokens; one adapter on the MLP in the batch switches to the
+    full set."""
+    files, parsed = adapters
+    base = tiny_model("float32")
+    eng = engine(base)
+    eng.runner.capture_graphs(eng.config.max_num_seqs)
+    eng.runner.enable_lora(eng.lora_pool)
+    assert set(eng.runner.lora_attn_graphs) == set(eng.runner.lora_graphs)
+    packed = [eng.adapters.add(c, w) for c, w in files]
+    replays = {"attn": 0, "all": 0}
+    for name, graphs in (("attn", eng.runner.lora_attn_graphs), ("all", eng.runner.lora_graphs)):
+        for g in graphs.values():
+            g.graph.replay = (lambda f, n=name: lambda: (replays.__setitem__(n, replays[n] + 1), f())[1])(g.graph.replay)
+    launched = []
+    real = ops.lora_add
+    monkeypatch.setattr(ops, "lora_add", lambda out, x, lora, layer, mod0, slices: (
+        launched.append(mod0), real(out, x, lora, layer, mod0, slices))[1])
+    params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+    ps = prompts(3, seed=4)
+    with ops.kernel_mode("reference"):
+        seqs = [eng.add_request(p, params, adapter=a) for p, a in zip(ps, [packed[0], None, packed[0]])]
+        while eng.has_work():
+            eng.step()
+        assert replays == {"attn": params.max_tokens - 1, "all": 0}
+        assert not {4, 6} & set(launched)      # SPECS[0] targets q and v: no gate_up / down launches at all
+        want = merged_tokens(base, parsed[0], [ps[0], ps[2]], params)
+        assert [seqs[0].completion_token_ids, seqs[2].completion_token_ids] == want
+        seqs = [eng.add_request(p, params, adapter=a) for p, a in zip(ps, [packed[0], packed[2], None])]
+        while eng.has_work():
+            eng.step()
+    assert replays["all"] == params.max_tokens - 1 and {3, 6} <= set(launched)          # SPECS[2]: o, down
+    assert seqs[1].completion_token_ids == merged_tokens(base, parsed[2], [ps[1]], params)[0]

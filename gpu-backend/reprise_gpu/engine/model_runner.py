@@ -7,8 +7,10 @@ step reads back B token ids and nothing else. Inputs reach a graph through two p
 two H2D copies: ids, positions, slots and context lengths in one; the block tables, from a host mirror
 that rewrites a row only when its sequence or table length changed, in the other.
 
-With a LoRA pool (enable_lora), a second set of decode graphs is captured with the LoRA kernels in
-every projection; it serves any batch in which some sequence has an adapter, whatever the adapters: the
+With a LoRA pool (enable_lora), two more sets of decode graphs are captured: LoRA kernels in every
+projection, and in q, k, v, o only (a batch whose adapters all leave the MLP alone launches no MLP LoRA
+kernels: at the 8B shape their empty grids cost ~1.5 ms per step). They serve any batch in which some
+sequence has an adapter, whatever the adapters: the
 per-token adapter slots, the tokens sorted by slot and their tile table (kernels/lora_tiles.py: T rows,
 so the grid is fixed) are graph inputs in _d64, and the pool's tables are read in place. Batches
 without adapters keep replaying the plain graphs.
@@ -32,6 +34,7 @@ import torch
 
 from ..kernels.lora_tiles import build_tiles
 from ..lora.batch import step_metadata
+from ..layers.linear import ALL_MODULES, ATTN_MODULES
 from ..models.llama import AttnMetadata, LoraMetadata, alloc_kv_cache
 from .block_manager import NULL_BLOCK
 from .sampling import make_generator, sample
@@ -64,6 +67,15 @@ def lora_graph_views(buf32, bs: int):
     b = a + 2 * half
     c = b + 2 * half
     return buf32[a:a + bs], buf32[b:b + bs], buf32[c:c + 3 * bs].reshape(bs, 3)
+
+
+def module_mask(seqs) -> int:
+    """The union of the running adapters' module masks (LoraMetadata.modules)."""
+    m = 0
+    for s in seqs:
+        if s.lora_slot >= 0:
+            m |= s.adapter.module_mask
+    return m
 
 
 class GraphInputFreed(RuntimeError):
@@ -102,7 +114,8 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.kv_cache = alloc_kv_cache(self.args, num_blocks, block_size, dtype, self.device)
         self.graphs: dict[int, DecodeGraph] = {}
-        self.lora_graphs: dict[int, DecodeGraph] = {}
+        self.lora_graphs: dict[int, DecodeGraph] = {}           # LoRA in every projection
+        self.lora_attn_graphs: dict[int, DecodeGraph] = {}      # LoRA in q, k, v, o only: no MLP launches
         self.lora_pool = None
         # torch.compile may fuse what is left between the GEMMs and the Triton kernels; it falls back to
         # the eager step if compilation fails.
@@ -158,7 +171,8 @@ class ModelRunner:
 
     def _eager_inputs(self, batch: ScheduledBatch):
         i64, i32, bt = self._host_inputs(batch)
-        lora = step_metadata(self.lora_pool, [s.lora_slot for s in batch.seqs], batch.num_new, self.device)
+        lora = step_metadata(self.lora_pool, [s.lora_slot for s in batch.seqs], batch.num_new, self.device,
+                             modules=module_mask(batch.seqs))
         T, B = len(i64) // 3, len(batch)
         dev = self.device
         i64_d = torch.from_numpy(i64).to(dev, non_blocking=True)
@@ -246,7 +260,12 @@ class ModelRunner:
         m = 3 * bs + (bs + 1) // 2 + (lora_graph_words(bs) if use_lora else 0)
         self._d64[:m].copy_(self._h64[:m], non_blocking=True)
         self._dbt[:bs, :w].copy_(self._hbt[:bs * w].view(bs, w), non_blocking=True)
-        g = (self.lora_graphs if use_lora else self.graphs)[bs]
+        if not use_lora:
+            g = self.graphs[bs]
+        elif self.lora_attn_graphs and not module_mask(seqs) & ~ATTN_MODULES:
+            g = self.lora_attn_graphs[bs]
+        else:
+            g = self.lora_graphs[bs]
         g.graph.replay()
         return g
 
@@ -284,38 +303,46 @@ class ModelRunner:
             sizes.append(next((s for s in GRAPH_BATCH_SIZES if s >= max_num_seqs), GRAPH_BATCH_SIZES[-1]))
             self._alloc_graph_inputs(max(sizes))
         dev, on_cuda = self.device, self.device.type == "cuda"
-        for bs in sorted(sizes, reverse=True):
-            ids, pos, slots = self._d64[:bs], self._d64[bs:2 * bs], self._d64[2 * bs:3 * bs]
-            half = (bs + 1) // 2
-            ctx = self._d64[3 * bs:3 * bs + half].view(torch.int32)[:bs]
-            self._d64[:3 * bs].zero_()
-            ctx.fill_(1)
-            attn = AttnMetadata(cu_seqlens_q=self._dcu[:bs + 1], context_lens=ctx,
-                                block_tables=self._dbt[:bs], slot_mapping=slots, max_seqlen_q=1,
-                                max_context_len=self.max_model_len)
-            inputs = (ids, pos, attn)
-            if lora:
-                token_slots, order, tiles = lora_graph_views(self._d64.view(torch.int32), bs)
-                token_slots.fill_(-1)
-                order.copy_(torch.arange(bs, dtype=torch.int32))
-                tiles.zero_()
-                tiles[:, 2] = -1
-                inputs += (self.lora_pool.metadata(token_slots, order=order, tiles=tiles),)
-            with torch.inference_mode():
-                if on_cuda:
-                    self._warm_up(*inputs)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self._graph_pool):
-                        logits, tokens = self._decode_fn(*inputs)
-                    self._graph_pool = graph.pool()
-                else:
-                    graph = EagerReplay(self._decode_fn, *inputs)
-                    logits, tokens = graph.outputs
-            (self.lora_graphs if lora else self.graphs)[bs] = DecodeGraph(graph, logits, tokens, inputs)
+        # LoRA: one set with every projection's kernels, one with q, k, v, o only (the common adapter)
+        for mask, into in ((ALL_MODULES, self.lora_graphs), (ATTN_MODULES, self.lora_attn_graphs)) if lora else \
+                ((None, self.graphs),):
+            for bs in sorted(sizes, reverse=True):
+                into[bs] = self._capture(bs, mask, on_cuda)
         self.graphs = dict(sorted(self.graphs.items()))
         self.lora_graphs = dict(sorted(self.lora_graphs.items()))
+        self.lora_attn_graphs = dict(sorted(self.lora_attn_graphs.items()))
         if on_cuda:
             torch.cuda.synchronize(dev)
+
+    def _capture(self, bs: int, lora_modules: int | None, on_cuda: bool) -> DecodeGraph:
+        """One decode graph of size bs; lora_modules: None for the plain graph, else the LoRA modules it runs."""
+        ids, pos, slots = self._d64[:bs], self._d64[bs:2 * bs], self._d64[2 * bs:3 * bs]
+        half = (bs + 1) // 2
+        ctx = self._d64[3 * bs:3 * bs + half].view(torch.int32)[:bs]
+        self._d64[:3 * bs].zero_()
+        ctx.fill_(1)
+        attn = AttnMetadata(cu_seqlens_q=self._dcu[:bs + 1], context_lens=ctx,
+                            block_tables=self._dbt[:bs], slot_mapping=slots, max_seqlen_q=1,
+                            max_context_len=self.max_model_len)
+        inputs = (ids, pos, attn)
+        if lora_modules is not None:
+            token_slots, order, tiles = lora_graph_views(self._d64.view(torch.int32), bs)
+            token_slots.fill_(-1)
+            order.copy_(torch.arange(bs, dtype=torch.int32))
+            tiles.zero_()
+            tiles[:, 2] = -1
+            inputs += (self.lora_pool.metadata(token_slots, order=order, tiles=tiles, modules=lora_modules),)
+        with torch.inference_mode():
+            if on_cuda:
+                self._warm_up(*inputs)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._graph_pool):
+                    logits, tokens = self._decode_fn(*inputs)
+                self._graph_pool = graph.pool()
+            else:
+                graph = EagerReplay(self._decode_fn, *inputs)
+                logits, tokens = graph.outputs
+        return DecodeGraph(graph, logits, tokens, inputs)
 
     def _alloc_graph_inputs(self, top: int) -> None:
         """Runner-owned graph inputs. A graph of size bs reads ids, positions, slots (int64) from [0, 3 bs),

@@ -11,7 +11,7 @@ replays any mix of adapters.
 Shrink, grid (T tiles, SPLIT_K, n_slices * R_MAX / BLOCK_R): program (i, p, s, rb) reads its tile's x rows
 (gathered through `order`) and rows rb*BLOCK_R.. of A[slot, mod0 + s] over K range p, once per tile:
     y_part[p, q, s, rows] = sum_{k in range p} x[order[q], k] * A[rows, k]      for q in [start, end)
-SPLIT_K = cdiv(K, BLOCK_K * K_ITERS): each program does K_ITERS dependent steps, not K / 64. No float
+SPLIT_K = cdiv(K, BLOCK_K * k_iters(T, K)): each program does a few dependent steps, not K / 64. No float
 atomics: the SPLIT_K partials (float32 [SPLIT_K, T, n_slices, R_MAX], indexed by sorted position q; tiny)
 are summed by the expand in the fixed order p = 0, 1, ..., so results are run-to-run bit-identical.
 
@@ -32,13 +32,19 @@ from .lora_shrink import INTERPRETED, R_MAX
 TILE_M = 16            # tokens per tile: tl.dot's minimum M; decode batches rarely share an adapter more
 TILE_R = 32            # rank rows per shrink program (masked past the rank; masked loads fetch nothing)
 TILE_K = 128           # K per step
-K_ITERS = 4            # dependent K steps per shrink program: sets SPLIT_K
+K_ITERS: int | None = None   # dependent K steps per shrink program (sets SPLIT_K); None: k_iters(T, K)
 EXP_R = 16             # rank rows per expand step
 EXP_N = 128            # output columns per expand program
 
 
-def split_k(K: int) -> int:
-    return triton.cdiv(K, TILE_K * K_ITERS)
+def k_iters(T: int, K: int) -> int:
+    """K steps per shrink program for a batch of T tokens. Measured at the 8B shape (K = 4096, H200,
+    bench/results/lora-tiles-h200-2026-12-02): splitting K pays while few tiles fill the GPU (T = 1: 7.7 us
+    with 4 steps vs 20.1 whole; T = 16: 29.1 with 8 vs 32.9 with 4), and costs from T = 64 on, where the
+    partials' traffic outweighs the parallelism (T = 128 Zipf: 111.8 us whole vs 155.6 with 4 steps)."""
+    if K_ITERS is not None:
+        return K_ITERS
+    return 4 if T <= 8 else 8 if T <= 32 else triton.cdiv(K, TILE_K)
 
 
 def build_tiles(token_slots: np.ndarray, order: np.ndarray | None = None, tiles: np.ndarray | None = None,
@@ -183,13 +189,14 @@ def tile_shrink(x: torch.Tensor, pool: torch.Tensor, a_off: torch.Tensor, ranks:
     assert x.dim() == 2 and x.stride(1) == 1 and pool.dtype == x.dtype and tiles.shape == (x.shape[0], 3)
     assert order.dtype == tiles.dtype == torch.int32 and tiles.is_contiguous() and a_off.shape[2] == R_MAX
     T, K = x.shape
-    split = split_k(K)
+    kit = k_iters(T, K)
+    split = triton.cdiv(K, TILE_K * kit)
     yp = torch.empty(split, T, n_slices, R_MAX, dtype=torch.float32, device=x.device)
     if T:
         _tile_shrink_kernel[(T, split, n_slices * (R_MAX // TILE_R))](
             x, pool, a_off, ranks, order, tiles, yp, x.stride(0), a_off.stride(0), a_off.stride(1), ranks.stride(0),
             yp.stride(0), yp.stride(1), yp.stride(2), K=K, MOD0=mod0, R_BLOCKS=R_MAX // TILE_R, BLOCK_M=TILE_M,
-            BLOCK_R=TILE_R, BLOCK_K=TILE_K, K_ITERS=K_ITERS, DOT_IN_F32=INTERPRETED,
+            BLOCK_R=TILE_R, BLOCK_K=TILE_K, K_ITERS=kit, DOT_IN_F32=INTERPRETED,
             DOT_PRECISION=_precision(x.dtype), num_warps=4)
     return yp
 

@@ -20,6 +20,8 @@ from . import ops
 
 # PEFT's target-module names in the kernels' module order: a fused projection is a run of consecutive ones.
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_MODULES = (1 << len(LORA_MODULES)) - 1      # bit i: LORA_MODULES[i]
+ATTN_MODULES = 0b1111                           # q, k, v, o: a decode graph set of its own (model_runner.py)
 
 
 @dataclass
@@ -36,6 +38,10 @@ class LoraMetadata:
     max_seg_len: int = 0
     order: torch.Tensor | None = None        # int32 [T]: decode tokens sorted by slot (kernels/lora_tiles.py)
     tiles: torch.Tensor | None = None        # int32 [T, 3]: (start, end, slot) into order; slot -1 = unused
+    # Bit i set: some adapter of the step may target LORA_MODULES[i]. A projection with none of its bits set
+    # launches nothing: at the 8B shape the shrink/expand grids of an untargeted gate_up and down still cost
+    # ~47 us per layer of programs that exit at once (bench/results/lora-tiles-h200-2026-12-02).
+    modules: int = ALL_MODULES
 
     @property
     def segmented(self) -> bool:
@@ -54,6 +60,6 @@ class LoraLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor, lora: LoraMetadata | None = None) -> torch.Tensor:
         y = F.linear(x, self.weight)
-        if lora is not None:
+        if lora is not None and (lora.modules >> self.mod0) & ((1 << len(self.slices)) - 1):
             ops.lora_add(y, x, lora, self.layer, self.mod0, self.slices)
         return y

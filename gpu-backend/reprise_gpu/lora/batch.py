@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from ..kernels.lora_tiles import build_tiles
-from ..layers.linear import LoraMetadata
+from ..layers.linear import ALL_MODULES, LoraMetadata
 
 
-def step_metadata(pool, slots: list[int], num_new: list[int], device: torch.device) -> LoraMetadata | None:
-    """slots[i]: sequence i's adapter slot (-1: none), for its num_new[i] new tokens; None if no adapter."""
+def step_metadata(pool, slots: list[int], num_new: list[int], device: torch.device,
+                  modules: int = ALL_MODULES) -> LoraMetadata | None:
+    """slots[i]: sequence i's adapter slot (-1: none), for its num_new[i] new tokens; None if no adapter.
+    modules: the union of the step's adapters' module masks (projections outside it launch nothing)."""
     if pool is None or all(s < 0 for s in slots):
         return None
     slots_np = np.repeat(np.asarray(slots, dtype=np.int32), num_new)
@@ -24,7 +26,8 @@ def step_metadata(pool, slots: list[int], num_new: list[int], device: torch.devi
     if all(n == 1 for n in num_new):
         order, tiles = build_tiles(slots_np)
         return pool.metadata(tok, order=torch.from_numpy(order).to(device, non_blocking=True),
-                             tiles=torch.from_numpy(tiles).to(device, non_blocking=True))
+                             tiles=torch.from_numpy(tiles).to(device, non_blocking=True), modules=modules)
     starts = np.concatenate([[0], np.cumsum(num_new)]).astype(np.int32)
     return pool.metadata(tok, torch.from_numpy(starts).to(device, non_blocking=True),
-                         torch.tensor(slots, dtype=torch.int32).to(device, non_blocking=True), max(num_new))
+                         torch.tensor(slots, dtype=torch.int32).to(device, non_blocking=True), max(num_new),
+                         modules=modules)

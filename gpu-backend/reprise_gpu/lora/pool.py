@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from ..config import ModelArgs
 from ..kernels.lora_shrink import R_MAX
-from ..layers.linear import LORA_MODULES, LoraMetadata
+from ..layers.linear import ALL_MODULES, LORA_MODULES, LoraMetadata
 from .registry import LoraAdapter, module_shapes
 
 
@@ -38,6 +39,11 @@ class PackedAdapter:
     pages: torch.Tensor            # [n_layers, n_pages, page_elems], model dtype (pinned on CUDA hosts)
     a_loc: np.ndarray              # int64 [len(LORA_MODULES), R_MAX]: page * page_elems + offset of A's row j
     b_loc: np.ndarray              # the same for B^T's rows
+
+    @cached_property
+    def module_mask(self) -> int:
+        """Bit i set where the adapter targets LORA_MODULES[i] (LoraMetadata.modules)."""
+        return sum(1 << i for i, r in enumerate(self.ranks) if r)
 
     @property
     def n_pages(self) -> int:
@@ -113,9 +119,9 @@ class LoraPool:
         block_manager.reclaim = self.reclaim
 
     def metadata(self, token_slots: torch.Tensor, seg_starts=None, seg_slots=None, max_seg_len: int = 0,
-                 order=None, tiles=None):
+                 order=None, tiles=None, modules: int = ALL_MODULES):
         return LoraMetadata(self.kv_cache.view(self.kv_cache.shape[0], -1), self.a_off, self.b_off, self.ranks,
-                            self.scaling, token_slots, seg_starts, seg_slots, max_seg_len, order, tiles)
+                            self.scaling, token_slots, seg_starts, seg_slots, max_seg_len, order, tiles, modules)
 
     @property
     def num_blocks_used(self) -> int:
