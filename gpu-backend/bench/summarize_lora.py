@@ -1,6 +1,10 @@
 """bench_lora.py's JSONL -> bench/results/summary/lora.json (the figures) + plots + a short table.
 
-    python bench/summarize_lora.py RESULTS_DIR [--summary bench/results/summary/lora.json]
+    python bench/summarize_lora.py RESULTS_DIR [OLDER_DIR ...] [--summary bench/results/summary/lora.json]
+
+With several result directories (newest first), each model's rows come from the newest run that served
+it; a peer that run did not measure (PEFT, the naive loop, cold loads) comes from the newest run that did,
+and says so (`peft_run`, `source_runs`): those peers do not depend on this project's kernels.
 
 rows: {model, adapters, tokens_per_s, base_tokens_per_s, peft_tokens_per_s, p99_tpot_ms} per model and
 adapter count (peft_tokens_per_s is null where PEFT was not run at that count; bgmv_tokens_per_s: the same
@@ -41,7 +45,8 @@ def summarize(rows):
         bgmv = {r["adapters"]: r for r in mr if r["variant"] == "lora-bgmv"}     # the old decode kernels
         for r in (r for r in mr if r["variant"] == "lora"):
             p = peft.get(r["adapters"])
-            out["rows"].append(dict(model=m, adapters=r["adapters"], tokens_per_s=round(r["tokens_per_s"], 1),
+            out["rows"].append(dict(model=m, adapters=r["adapters"], run=r.get("run"),
+                                    peft_run=p.get("run") if p else None, tokens_per_s=round(r["tokens_per_s"], 1),
                                     base_tokens_per_s=round(base["tokens_per_s"], 1) if base else None,
                                     peft_tokens_per_s=round(p["tokens_per_s"], 1) if p else None,
                                     bgmv_tokens_per_s=round(bgmv[r["adapters"]]["tokens_per_s"], 1)
@@ -54,10 +59,17 @@ def summarize(rows):
         mg = next((r for r in mr if r["variant"] == "merged"), None)
         if mg:
             out["merged"][m] = round(mg["tokens_per_s"], 1)
-        matches += [r["match"] for r in mr if r["variant"] == "merged_match"]
+        # merged_match counts the float32 checks only (exact equality is defined there); a BF16-only check
+        # (runs before the tiles change) goes to merged_match_bf16 with the float32 ones' BF16 counts
+        f32 = [r for r in mr if r["variant"] == "merged_match" and r.get("dtype") == "float32"]
+        matches += [r["match"] for r in f32]
+        if f32:
+            out.setdefault("merged_match_checked", []).append(dict(model=m, run=f32[0].get("run"), prompts=f32[0]["prompts"],
+                                                                   adapters=f32[0]["adapters"]))
         out.setdefault("merged_match_bf16", {})[m] = next(
             (f"{r['bf16_same']}/{r['bf16_prompts']}" for r in mr if r["variant"] == "merged_match" and "bf16_same" in r),
-            None)
+            next((f"{sum(d['same'] for d in r['detail'])}/{len(r['detail'])}" for r in mr
+                  if r["variant"] == "merged_match" and r.get("dtype") != "float32" and "detail" in r), None))
         out["cold_load_ms_by_rank"][m] = {str(r["rank"]): {"host_to_gpu": round(r["host_to_gpu_ms"], 3),
                                                            "storage_to_gpu": round(r["storage_to_gpu_ms"], 2)}
                                           for r in mr if r["variant"] == "cold_load"}
@@ -94,13 +106,42 @@ def plot(s, d):
         plt.close(fig)
 
 
+def combine(runs: list[tuple[str, list[dict]]]) -> list[dict]:
+    """Rows of several runs (newest first): per model, the newest run with LoRA rows; PEFT, naive and
+    cold-load rows of a model from the newest run that has them, tagged with that run."""
+    out = []
+    models = sorted({r["model"] for _, rows in runs for r in rows})
+    peers = ("peft", "naive", "cold_load")
+    for m in models:
+        main = next(((name, rows) for name, rows in runs if any(r["model"] == m and r["variant"] == "lora" for r in rows)),
+                    None)
+        if main is None:
+            continue
+        out += [{**r, "run": main[0]} for r in main[1] if r["model"] == m]
+        for v in peers:
+            if any(r["model"] == m and r["variant"] == v for r in main[1]):
+                continue
+            older = next(((name, rows) for name, rows in runs if any(r["model"] == m and r["variant"] == v for r in rows)),
+                         None)
+            if older:
+                out += [{**r, "run": older[0]} for r in older[1] if r["model"] == m and r["variant"] == v]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("dir")
+    p.add_argument("dirs", nargs="+", help="result directories, newest first")
     p.add_argument("--summary", default=None)
-    p.add_argument("--log", action="append", default=[], help="MODEL=bench log (rows printed by bench_lora.py)")
+    p.add_argument("--log", action="append", default=[], help="MODEL=bench log (rows printed by bench_lora.py); "
+                   "read with the directory it lies in")
     a = p.parse_args()
-    s = summarize(load(a.dir, a.log))
+    runs = []
+    for d in a.dirs:
+        logs = [x for x in a.log if os.path.dirname(os.path.abspath(x.split("=", 1)[1])) == os.path.abspath(d)]
+        runs.append((os.path.relpath(d, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")),
+                     load(d, logs)))
+    s = summarize(combine(runs))
+    a.dir = a.dirs[0]
     path = a.summary or os.path.join(a.dir, "lora.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
