@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lora_shrink import BLOCK_M, BLOCK_R, INTERPRETED, R_MAX, gather_rows, slot_groups
+from .lora_shrink import BLOCK_M, BLOCK_R, INTERPRETED, R_MAX, gather_rows, lora_dot, slot_groups
 
 BLOCK_N = 64
 
@@ -121,10 +121,7 @@ def _sgmv_expand_kernel(
                      mask=tmask[:, None] & jm[None, :], other=0.0)
         offs = tl.load(off_row + j, mask=jm, other=0).to(tl.int64)
         bt = tl.load(pool_ptr + offs[:, None] + n[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
-        if DOT_IN_F32:
-            acc = tl.dot(yt, bt.to(tl.float32), acc, input_precision=DOT_PRECISION)
-        else:
-            acc = tl.dot(yt.to(pool_ptr.dtype.element_ty), bt, acc, input_precision=DOT_PRECISION)
+        acc = lora_dot(yt, bt, acc, pool_ptr, DOT_IN_F32, DOT_PRECISION)
         j0 += BLOCK_R
     scale = tl.load(scale_ptr + slot)
     o_ptrs = (out_ptr + tok.to(tl.int64)[:, None] * stride_outm + _slice(s, START0, START1, START2)

@@ -37,6 +37,18 @@ BLOCK_M = 32
 
 
 @triton.jit
+def lora_dot(a, b, acc, pool_ptr, DOT_IN_F32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc + a @ b: operands in the pool's (model) dtype for the tensor cores, or both in float32 where
+    DOT_IN_F32 (the interpreter, see INTERPRETED below; float32 models)."""
+    if DOT_IN_F32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
+    else:
+        out = tl.dot(a.to(pool_ptr.dtype.element_ty), b.to(pool_ptr.dtype.element_ty), acc,
+                     input_precision=DOT_PRECISION)
+    return out
+
+
+@triton.jit
 def _bgmv_shrink_kernel(
     # pointers
     x_ptr, pool_ptr, off_ptr, rank_ptr, slot_ptr, y_ptr,
@@ -105,10 +117,7 @@ def _sgmv_shrink_kernel(
         xt = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_xm + k[None, :], mask=tmask[:, None] & km[None, :],
                      other=0.0)
         at = tl.load(pool_ptr + offs[None, :] + k[:, None], mask=km[:, None] & rmask[None, :], other=0.0)  # A^T tile
-        if DOT_IN_F32:
-            acc = tl.dot(xt.to(tl.float32), at.to(tl.float32), acc, input_precision=DOT_PRECISION)
-        else:
-            acc = tl.dot(xt.to(pool_ptr.dtype.element_ty), at, acc, input_precision=DOT_PRECISION)
+        acc = lora_dot(xt, at, acc, pool_ptr, DOT_IN_F32, DOT_PRECISION)
     tl.store(y_ptr + tok.to(tl.int64)[:, None] * stride_ym + s * stride_ys + rows[None, :], acc,
              mask=tmask[:, None] & rmask[None, :])
 

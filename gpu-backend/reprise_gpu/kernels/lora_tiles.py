@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .lora_shrink import INTERPRETED, R_MAX
+from .lora_expand import _slice
+from .lora_shrink import INTERPRETED, R_MAX, lora_dot
 
 TILE_M = 16            # tokens per tile: tl.dot's minimum M; decode batches rarely share an adapter more
 TILE_R = 32            # rank rows per shrink program (masked past the rank; masked loads fetch nothing)
@@ -113,10 +114,7 @@ def _tile_shrink_kernel(
         km = k < K
         xt = tl.load(x_ptr + tok[:, None] * stride_xm + k[None, :], mask=qmask[:, None] & km[None, :], other=0.0)
         at = tl.load(pool_ptr + offs[None, :] + k[:, None], mask=km[:, None] & rmask[None, :], other=0.0)
-        if DOT_IN_F32:
-            acc = tl.dot(xt.to(tl.float32), at.to(tl.float32), acc, input_precision=DOT_PRECISION)
-        else:
-            acc = tl.dot(xt.to(pool_ptr.dtype.element_ty), at, acc, input_precision=DOT_PRECISION)
+        acc = lora_dot(xt, at, acc, pool_ptr, DOT_IN_F32, DOT_PRECISION)
     yp = yp_ptr + p.to(tl.int64) * stride_yp + q.to(tl.int64)[:, None] * stride_ym + s * stride_ys + rows[None, :]
     tl.store(yp, acc, mask=qmask[:, None] & rmask[None, :])
 
@@ -139,8 +137,8 @@ def _tile_expand_kernel(
     if slot < 0:
         return
     s = (g >= NB1).to(tl.int32) + (g >= NB2).to(tl.int32)
-    nb = g - tl.where(s == 0, 0, tl.where(s == 1, NB1, NB2))
-    N = tl.where(s == 0, N0, tl.where(s == 1, N1, N2))
+    nb = g - _slice(s, 0, NB1, NB2)
+    N = _slice(s, N0, N1, N2)
     r = tl.load(rank_ptr + slot * stride_rs + MOD0 + s)
     if r == 0:
         return
@@ -163,14 +161,11 @@ def _tile_expand_kernel(
             yt += tl.load(y_rows + p * stride_yp + j[None, :], mask=ym, other=0.0)
         offs = tl.load(off_row + j, mask=jm, other=0).to(tl.int64)
         bt = tl.load(pool_ptr + offs[:, None] + n[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
-        if DOT_IN_F32:
-            acc = tl.dot(yt, bt.to(tl.float32), acc, input_precision=DOT_PRECISION)
-        else:
-            acc = tl.dot(yt.to(pool_ptr.dtype.element_ty), bt, acc, input_precision=DOT_PRECISION)
+        acc = lora_dot(yt, bt, acc, pool_ptr, DOT_IN_F32, DOT_PRECISION)
         j0 += BLOCK_R
     scale = tl.load(scale_ptr + slot)
     tok = tl.load(order_ptr + q, mask=qmask, other=0).to(tl.int64)
-    o_ptrs = out_ptr + tok[:, None] * stride_outm + tl.where(s == 0, START0, tl.where(s == 1, START1, START2)) + n[None, :]
+    o_ptrs = out_ptr + tok[:, None] * stride_outm + _slice(s, START0, START1, START2) + n[None, :]
     om = qmask[:, None] & nmask[None, :]
     o = tl.load(o_ptrs, mask=om, other=0.0).to(tl.float32)
     tl.store(o_ptrs, (o + scale * acc).to(out_ptr.dtype.element_ty), mask=om)
