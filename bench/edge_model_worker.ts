@@ -15,6 +15,11 @@ import { decodeSpecV1 } from "../src/kv-codec/spec-v1";
 import { codecWasm } from "../src/kv-codec/wasm";
 import { decodeChunk } from "../src/sessions/chunk";
 
+// wrangler.toml binds the Worker's Durable Objects; an entry point must export their classes.
+export { RateCounter } from "../src/durable/rate-counter";
+export { SessionLease } from "../src/durable/session-lease";
+export { TenantStore } from "../src/durable/tenant-store";
+
 let kept: Uint8Array | null = null;
 
 interface BenchEnv {

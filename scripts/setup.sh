@@ -6,10 +6,19 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "system tools"
+# The README's examples use curl and jq, and the regression test runs them.
+if ! command -v jq >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get install -y -q jq >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q jq >/dev/null)
+fi
+
 step "npm packages"
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
+
+step "binding types (worker-configuration.d.ts, generated from wrangler.toml, git-ignored)"
+npx wrangler types >/dev/null
 
 step "wasm: the KV codec for the edge (clang + lld for wasm32)"
 if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; then

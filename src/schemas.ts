@@ -30,6 +30,8 @@ export const chatRequestSchema = z
     stream: z.boolean().nullish(),
     stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullish(),
     n: z.literal(1).nullish(),
+    /** Run later from a queue; answer 202 with a job (also `Prefer: respond-async`). */
+    background: z.boolean().nullish(),
     user: z.string().max(256).optional(),
     session_id: z
       .string()
@@ -37,6 +39,8 @@ export const chatRequestSchema = z
       .optional(),
   })
   .superRefine((r, ctx) => {
+    if (r.background === true && r.stream === true)
+      ctx.addIssue({ code: "custom", path: ["stream"], message: "a background request cannot stream; fetch the job's result" });
     if (r.stream_options != null && r.stream !== true)
       ctx.addIssue({
         code: "custom",
@@ -53,6 +57,8 @@ export interface ChatRequest {
   model: string;
   messages: ChatMessage[];
   maxTokens: number;
+  /** Whether the client set max_tokens / max_completion_tokens (an unset one may be shortened to fit). */
+  maxTokensGiven: boolean;
   temperature: number;
   topP: number;
   seed?: number;
@@ -60,6 +66,7 @@ export interface ChatRequest {
   stream: boolean;
   includeUsage: boolean;
   sessionId?: string;
+  background: boolean;
 }
 
 /**
@@ -84,6 +91,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
       content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join(""),
     })),
     maxTokens: b.max_completion_tokens ?? b.max_tokens ?? DEFAULT_MAX_TOKENS,
+    maxTokensGiven: b.max_completion_tokens != null || b.max_tokens != null,
     temperature: b.temperature ?? 1,
     topP: b.top_p ?? 1,
     seed: b.seed ?? undefined,
@@ -91,6 +99,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
     stream: b.stream ?? false,
     includeUsage: b.stream_options?.include_usage ?? false,
     sessionId: b.session_id,
+    background: b.background ?? false,
   };
 }
 
@@ -128,4 +137,17 @@ export function parseJson(text: string): unknown {
       code: "invalid_json",
     });
   }
+}
+
+/**
+ * A JSON body (an object) validated by `schema`; an empty body counts as `{}`. Bad JSON, a
+ * non-object or a bad field is a 400 naming the field, as for chat requests.
+ */
+export function parseBody<T>(schema: z.ZodType<T>, text: string): T {
+  const body = text.trim() === "" ? {} : parseJson(text);
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    throw new HttpError(400, { message: "The request body must be a JSON object.", code: "invalid_request" });
+  const r = schema.safeParse(body);
+  if (!r.success) throw zodToHttpError(r.error);
+  return r.data;
 }

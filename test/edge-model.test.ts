@@ -41,7 +41,7 @@ async function run(promptIds: number[], sampling: Partial<GenerateRequest["sampl
       out.ids.push(ev.id);
       out.text += ev.text;
     } else if (ev.type === "kv") out.chunks.push(ev.chunk);
-    else {
+    else if (ev.type === "done") {
       out.finishReason = ev.finishReason;
       out.cachedTokens = ev.cachedTokens;
     }

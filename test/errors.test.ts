@@ -1,5 +1,7 @@
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { api, errorOf, KEYS } from "./helpers";
+import worker from "../src/index";
+import { api, BASE, errorOf, KEYS } from "./helpers";
 
 const valid = { model: "smollm2-135m-instruct", messages: [{ role: "user", content: "hi" }] };
 
@@ -58,6 +60,43 @@ describe("Error responses", () => {
         expect(e.type).toBe("invalid_request_error");
         expect(e.param).toBe(param);
       });
+  });
+
+  describe("400 edge budget", () => {
+    // With no GPU backend, a light step that would compute longer than EDGE_STEP_BUDGET_MS is refused
+    // before it starts. A budget of 1 ms fits not even the prefill, so no model is loaded here.
+    const ctx = { waitUntil() {}, passThroughOnException() {}, props: {} } as unknown as ExecutionContext;
+    const withBudget = (budget: string, body: object) =>
+      worker.fetch(
+        new Request(BASE + "/v1/chat/completions", {
+          method: "POST",
+          headers: { authorization: `Bearer ${KEYS.unlimited}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+        }) as Request<unknown, IncomingRequestCfProperties>,
+        { ...env, GPU_BACKEND_URL: "", EDGE_STEP_BUDGET_MS: budget } as typeof env,
+        ctx,
+      );
+    for (const [name, body] of [
+      ["an explicit max_tokens", { ...valid, max_tokens: 8 }],
+      ["max_tokens left unset", valid],
+      ["a streamed request", { ...valid, stream: true, max_tokens: 8 }],
+    ] as const)
+      it(`should return 400 edge_budget_exceeded for ${name}`, async () => {
+        const e = await errorOf(await withBudget("1", body));
+        expect(e).toMatchObject({ status: 400, type: "invalid_request_error", code: "edge_budget_exceeded", param: "messages" });
+        expect(e.message).toMatch(/budget/);
+      });
+    it("should leave a session as it was and its lease free after a refused turn", async () => {
+      const created = await api("/v1/sessions", { method: "POST", key: KEYS.unlimited });
+      const { id } = (await created.json()) as { id: string };
+      for (let i = 0; i < 2; i++) {
+        // A leaked lease would make the second attempt answer 409 session_busy.
+        const e = await errorOf(await withBudget("1", { ...valid, session_id: id }));
+        expect(e).toMatchObject({ status: 400, code: "edge_budget_exceeded" });
+      }
+      const rec = (await (await api(`/v1/sessions/${id}`, { key: KEYS.unlimited })).json()) as { turns: number };
+      expect(rec.turns).toBe(0);
+    });
   });
 
   describe("404 not found", () => {

@@ -2,7 +2,7 @@ import { SELF } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { beforeAll, describe, expect, it } from "vitest";
-import { sha256Hex } from "../src/middleware/auth";
+import { sha256Hex } from "../src/crypto";
 import { chatRequestSchema } from "../src/schemas";
 import { acquireLease, commitTurn, getSession, releaseLease } from "../src/sessions/store";
 import { api, KEYS, r2Keys } from "./helpers";
@@ -46,9 +46,9 @@ beforeAll(async () => {
   const res = await api("/v1/sessions", { method: "POST" });
   sessionId = ((await res.json()) as { id: string }).id;
   const rec = await getSession(env.SESSIONS, sessionId, "tenant-a");
-  const lease = await acquireLease(env.SESSIONS, rec);
+  const lease = await acquireLease(env, rec);
   const bytes = new TextEncoder().encode("not a real chunk, but stored bytes all the same");
-  await commitTurn(
+  const after = await commitTurn(
     env.SESSIONS,
     env.BLOBS,
     lease,
@@ -60,7 +60,7 @@ beforeAll(async () => {
     },
     { bytes, tokenStart: 0, tokenEnd: 3, producer: "fuzz", sha256: await sha256Hex(bytes) },
   );
-  await releaseLease(env.SESSIONS, sessionId, lease);
+  await releaseLease(env, sessionId, lease, after.revision);
 });
 
 const base = () => ({

@@ -2,7 +2,7 @@
 // built from docs/backend-wire-format.md. The end-to-end run against the real backend is in
 // test/gpu-dispatch.test.ts (when scripts/test_all.sh has started one).
 import { describe, expect, it } from "vitest";
-import { encodeGenerateBody, frame, KIND_JSON, KIND_KV, parseGenerateStream, readFrames, signRequest } from "../src/backends/gpu-http";
+import { encodeGenerateBody, frame, KIND_ADAPTER, KIND_JSON, KIND_KV, parseGenerateStream, readFrames, signRequest } from "../src/backends/gpu-http";
 import type { GenerateEvent } from "../src/backends/types";
 import { encodeChunk } from "../src/sessions/chunk";
 
@@ -62,6 +62,39 @@ describe("GPU backend client", () => {
         chunks: 1,
       });
       expect(frames[1]!.payload).toEqual(bytes);
+    });
+
+    const sampling = { maxTokens: 5, temperature: 0, topP: 1, stop: [] };
+    const grant = (key: string) => ({ key, mode: "read" as const, method: "GET" as const, url: `http://s/${key}`, headers: {}, expires: 1 });
+
+    it("should send an adapter's read grants in the header and no adapter frame", async () => {
+      const adapter = {
+        key: "a".repeat(64),
+        config: { grant: grant("adapters/t/p/adapter_config.json"), bytes: 700, sha256: "b".repeat(64) },
+        weights: { grant: grant("adapters/t/p/adapter_model.safetensors"), bytes: 9000, sha256: "c".repeat(64) },
+      };
+      const body = encodeGenerateBody("smollm2-135m", { model: "m", promptIds: [1], restored: [], sampling, adapter });
+      const frames = [];
+      for await (const f of readFrames(streamOf(body, 64))) frames.push(f);
+      expect(frames.map((f) => f.kind)).toEqual([KIND_JSON]);
+      expect(JSON.parse(new TextDecoder().decode(frames[0]!.payload)).adapter).toEqual(adapter);
+    });
+
+    it("should send an adapter's files inline as two adapter frames without grants", async () => {
+      const adapter = { key: "a".repeat(64), config: new Uint8Array([123, 125]), weights: new Uint8Array([1, 2, 3]) };
+      const body = encodeGenerateBody("smollm2-135m", { model: "m", promptIds: [1], restored: [], sampling, adapter });
+      // readFrames (the response reader) knows no adapter kind: split the request by hand
+      const kinds: number[] = [];
+      const payloads: Uint8Array[] = [];
+      for (let off = 0; off < body.byteLength; ) {
+        const n = new DataView(body.buffer, body.byteOffset + off + 1, 4).getUint32(0, true);
+        kinds.push(body[off]!);
+        payloads.push(body.subarray(off + 5, off + 5 + n));
+        off += 5 + n;
+      }
+      expect(kinds).toEqual([KIND_JSON, KIND_ADAPTER, KIND_ADAPTER]);
+      expect(JSON.parse(new TextDecoder().decode(payloads[0])).adapter).toEqual({ key: adapter.key, inline: true });
+      expect([...payloads[1]!, ...payloads[2]!]).toEqual([123, 125, 1, 2, 3]);
     });
   });
 

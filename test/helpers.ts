@@ -14,8 +14,11 @@ export const KEYS = {
 export const BASE = "http://reprise.test";
 
 /** `SELF.fetch` with a bearer key and JSON body. */
-export function api(path: string, init: { method?: string; body?: unknown; key?: string | null; raw?: BodyInit } = {}) {
-  const headers: Record<string, string> = {};
+export function api(
+  path: string,
+  init: { method?: string; body?: unknown; key?: string | null; raw?: BodyInit; headers?: Record<string, string> } = {},
+) {
+  const headers: Record<string, string> = { ...init.headers };
   const key = init.key === undefined ? KEYS.a : init.key;
   if (key !== null) headers.authorization = `Bearer ${key}`;
   let body: BodyInit | undefined = init.raw;

@@ -1,8 +1,8 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { acquireLease, chunkKey, commitTurn, getSession, releaseLease } from "../src/sessions/store";
+import { acquireLease, chunkKey, commitTurn, getSession, releaseLease, renewLease } from "../src/sessions/store";
 import type { SessionRecord } from "../src/sessions/store";
-import { sha256Hex } from "../src/middleware/auth";
+import { sha256Hex } from "../src/crypto";
 import { api, errorOf, KEYS, r2Keys } from "./helpers";
 
 async function newSession(key: string = KEYS.a): Promise<string> {
@@ -83,19 +83,46 @@ describe("Sessions", () => {
     it("should refuse a second lease while one is live, and grant it after release", async () => {
       const id = await newSession();
       const rec = await getSession(env.SESSIONS, id, "tenant-a");
-      const lease = await acquireLease(env.SESSIONS, rec);
-      await expect(acquireLease(env.SESSIONS, rec)).rejects.toMatchObject({ status: 409, code: "session_busy" });
-      await releaseLease(env.SESSIONS, id, lease);
-      const again = await acquireLease(env.SESSIONS, rec);
-      await releaseLease(env.SESSIONS, id, again);
+      const lease = await acquireLease(env, rec);
+      await expect(acquireLease(env, rec)).rejects.toMatchObject({ status: 409, code: "session_busy" });
+      await releaseLease(env, id, lease);
+      const again = await acquireLease(env, rec);
+      await releaseLease(env, id, again);
+    });
+
+    it("should grant exactly one of many racing leases (the session's Durable Object decides)", async () => {
+      const id = await newSession();
+      const rec = await getSession(env.SESSIONS, id, "tenant-a");
+      const tries = await Promise.allSettled(Array.from({ length: 12 }, () => acquireLease(env, rec)));
+      const won = tries.filter((t) => t.status === "fulfilled");
+      expect(won).toHaveLength(1);
+      for (const t of tries) if (t.status === "rejected") expect(t.reason).toMatchObject({ status: 409, code: "session_busy" });
+      // Renewal works for the holder only; after release, nobody holds it.
+      const lease = (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof acquireLease>>>).value;
+      expect(await renewLease(env, id, lease)).toBe(true);
+      expect(await renewLease(env, id, { ...lease, holder: "someone-else" })).toBe(false);
+      await releaseLease(env, id, lease);
+      expect(await renewLease(env, id, lease)).toBe(false);
+    });
+
+    it("should refuse a lease to a turn that read a record older than the last commit (stale read)", async () => {
+      const id = await newSession();
+      const rec = await getSession(env.SESSIONS, id, "tenant-a");
+      const lease = await acquireLease(env, rec);
+      const after = await commitTurn(env.SESSIONS, env.BLOBS, lease, nextOf(rec), null);
+      await releaseLease(env, id, lease, after.revision);
+      // `rec` is revision 0, as a lagging KV replica elsewhere could still return it.
+      await expect(acquireLease(env, rec)).rejects.toMatchObject({ status: 409, code: "session_busy" });
+      const fresh = await getSession(env.SESSIONS, id, "tenant-a");
+      await releaseLease(env, id, await acquireLease(env, fresh));
     });
 
     it("should commit over the leased revision and append chunks create-only", async () => {
       const id = await newSession();
       const rec = await getSession(env.SESSIONS, id, "tenant-a");
-      const lease = await acquireLease(env.SESSIONS, rec);
+      const lease = await acquireLease(env, rec);
       const after = await commitTurn(env.SESSIONS, env.BLOBS, lease, nextOf(rec), await fakeChunk(0, 2));
-      await releaseLease(env.SESSIONS, id, lease);
+      await releaseLease(env, id, lease, after.revision);
       expect(after).toMatchObject({ revision: 1, turns: 1, nextChunk: 1 });
       expect(after.chunks).toEqual([
         expect.objectContaining({ r2Key: chunkKey(id, 0), tokenStart: 0, tokenEnd: 2, bytes: 5 }),
@@ -106,7 +133,8 @@ describe("Sessions", () => {
     it("should lose no turn when two turns race: the late commit gets 409 and leaves nothing behind", async () => {
       const id = await newSession();
       const rec = await getSession(env.SESSIONS, id, "tenant-a");
-      // Two turns that both started from revision 0 (as if KV had hidden each lease from the other).
+      // Two turns that both started from revision 0: the second line of defence, below the lease
+      // (as when the lease lived in KV and one turn's lease could be hidden from the other).
       const l1 = { holder: "one", revision: 0, expires: Date.now() + 60_000 };
       const l2 = { holder: "two", revision: 0, expires: Date.now() + 60_000 };
       await commitTurn(env.SESSIONS, env.BLOBS, l1, nextOf(rec, { tokenIds: [7] }), await fakeChunk(0, 1));
@@ -128,7 +156,7 @@ describe("Sessions", () => {
     it("should remove its blob and answer 404 when the session was deleted mid-turn", async () => {
       const id = await newSession();
       const rec = await getSession(env.SESSIONS, id, "tenant-a");
-      const lease = await acquireLease(env.SESSIONS, rec);
+      const lease = await acquireLease(env, rec);
       expect((await api(`/v1/sessions/${id}`, { method: "DELETE" })).status).toBe(200);
       await expect(commitTurn(env.SESSIONS, env.BLOBS, lease, nextOf(rec), await fakeChunk(0, 2))).rejects.toMatchObject({
         status: 404,

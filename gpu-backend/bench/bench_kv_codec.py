@@ -225,11 +225,11 @@ class EmulatedOps:
     def _w(self, w, sw):
         return self.blk.get(id(w), None) if id(w) in self.blk else w.float() * sw[:, None]
 
-    def linear(self, xq, w, sw, wide=False):
+    def linear(self, xq, w, sw, wide=False, fast=False):
         x = xq[0].float() if xq[1] is None else xq[0].float() * xq[1][:, None]
         return x @ self._w(w, sw).T
 
-    def kv_split_linear(self, xq, dq, w, sw, r, sr):
+    def kv_split_linear(self, xq, dq, w, sw, r, sr, fast=False):
         x = xq[0].float() if xq[1] is None else xq[0].float() * xq[1][:, None] + dq[0].float() * dq[1][:, None]
         return x @ (w.float() * sw[:, None] + r.float() * sr[:, None]).T
 
@@ -259,9 +259,16 @@ def make_speculator(name: str, sd, args, device) -> Speculator:
 
 
 @torch.no_grad()
-def predictions(spec: Speculator, ids: torch.Tensor, exact: torch.Tensor, fp8: bool) -> np.ndarray:
-    """One call over the whole transcript (identical to per-chunk calls: the speculator is chunk-invariant)."""
-    return spec.predict_all([SeqInput(ids, 0)], [exact], fp8_cache=fp8)[0].cpu().numpy()
+def predictions(spec: Speculator, ids: torch.Tensor, exact: torch.Tensor, fp8: bool, spans) -> np.ndarray:
+    """What a session's decoder reproduces: one speculator call per chunk [s, e), its past the stored
+    values of [0, s) (BF16: the exact cache; FP8 cache: the FP8 values, not the observations an earlier
+    call made of them, which differ: a whole-transcript call gave FP8 predictions the chunk-wise decoder
+    refused, issue 9)."""
+    out = []
+    for s, e in spans:
+        past = exact[:, :, :, :s] if s else None
+        out.append(spec.predict_all([SeqInput(ids[s:e], s, past)], [exact[:, :, :, s:e]], fp8_cache=fp8)[0])
+    return torch.cat(out, dim=3).cpu().numpy()
 
 
 # ---- timing ------------------------------------------------------------------------------------------------
@@ -373,12 +380,16 @@ def prepare(work, a, name, args, sd, tok, dev, rng, n_tr, max_tokens, n_var, smo
         np.save(os.path.join(d, "bf16.npy"), kv.view(torch.int16).cpu().numpy().view(np.uint16))
         np.save(os.path.join(d, "fp8_codes.npy"), fp8.codes)
         np.save(os.path.join(d, "fp8_exps.npy"), fp8.exps)
-        np.save(os.path.join(d, "pred.npy"), predictions(spec, ids, kv.float(), False))
-        np.save(os.path.join(d, "pred_fp8.npy"), predictions(spec8, ids, torch.from_numpy(fp8.values()).to(dev), True))
+        spans = list(chunks_of(tr["turns"], a.chunk_max))
+        if [s0 for s0, _ in spans] != [0] + [e0 for _, e0 in spans[:-1]] or spans[-1][1] != len(tr["ids"]):
+            raise RuntimeError(f"transcript {ti}: turns do not cover its tokens in order: {spans[:4]}...")
+        np.save(os.path.join(d, "pred.npy"), predictions(spec, ids, kv.float(), False, spans))
+        np.save(os.path.join(d, "pred_fp8.npy"), predictions(spec8, ids, torch.from_numpy(fp8.values()).to(dev), True,
+                                                             spans))
         names = []
         if ti in var_idx:
             for vname, vs in variants.items():
-                np.save(os.path.join(d, f"pred_{vname}.npy"), predictions(vs, ids, kv.float(), False))
+                np.save(os.path.join(d, f"pred_{vname}.npy"), predictions(vs, ids, kv.float(), False, spans))
                 names.append(vname)
         man["transcripts"].append({"dir": d, "tokens": len(tr["ids"]), "turns": tr["turns"], "variants": names})
     emit({"section": "predictions", "seconds": time.time() - t0, "variant_transcripts": var_idx})

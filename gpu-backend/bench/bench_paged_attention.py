@@ -90,7 +90,7 @@ def compile_for_sm90(dtype, block_size=16, max_blocks=512):
             block_q, group_p2 = pa._tiles(H // KH, max_q)
             ints = dict(stride_qt=H * D, stride_qh=D, stride_kb=block_size * KH * D, stride_ks=KH * D,
                         stride_kh=D, stride_vb=block_size * KH * D, stride_vs=KH * D, stride_vh=D,
-                        stride_ot=H * D, stride_oh=D, stride_bt=max_blocks)
+                        stride_ot=H * D, stride_oh=D, stride_bt=max_blocks, window=0)
             const = dict(GROUP=H // KH, GROUP_P2=group_p2, HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)),
                          PAGE=block_size, BLOCK_Q=block_q, BLOCK_N=BLOCK_N,
                          DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", WHILE_LOOP=False,

@@ -67,7 +67,7 @@ def main(argv=None):
     spec = LLMEngine(Config(**common, kv_codec="spec-v1"), model=raw.model, tokenizer=raw.tokenizer,
                      cuda_graphs=dev == "cuda")
     export_s = []
-    inner = spec.runner.export
+    inner = spec.kv.export
 
     def timed_export(*args):
         """Predictions + coding, waited for here (in a server the coding overlaps the next steps)."""
@@ -76,9 +76,9 @@ def main(argv=None):
         out.result()
         export_s.append(time.perf_counter() - t)
         return out
-    spec.runner.export = timed_export
+    spec.kv.export = timed_export
     decode_s = [0.0]
-    coder = spec.runner.kv_coder
+    coder = spec.kv.coder
     inner_decode = coder.decode
 
     def timed_decode(*args):

@@ -11,21 +11,24 @@ import pytest
 from reprise_gpu.codec.fp8cache import Fp8Kv
 from reprise_gpu.codec.rans import rans_encode
 from reprise_gpu.codec.spec import FixedPredictions, decode_chunk, encode_chunk
+from reprise_gpu.codec.spec2 import decode_chunk_v2, encode_chunk_v2
 from reprise_gpu.codec.tables import phi_table
 
 # Neutral folder read by these tests and by the wasm decoder's tests (wasm/tests/).
 DIR = os.path.join(os.path.dirname(__file__), "..", "..", "vectors", "kv-codec")
 MANIFEST = json.load(open(os.path.join(DIR, "manifest.json")))
+MANIFEST_V2 = json.load(open(os.path.join(DIR, "manifest-v2.json")))
+SHA256 = {**MANIFEST["sha256"], **MANIFEST_V2["sha256"]}
 
 
 def load(fn, dtype, shape=None):
     data = open(os.path.join(DIR, fn), "rb").read()
-    assert hashlib.sha256(data).hexdigest() == MANIFEST["sha256"][fn], fn
+    assert hashlib.sha256(data).hexdigest() == SHA256[fn], fn
     a = np.frombuffer(data, np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else dtype)
     return a.reshape(shape) if shape is not None else a
 
 
-@pytest.mark.parametrize("case", MANIFEST["cases"], ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", MANIFEST["cases"] + MANIFEST_V2["cases"], ids=lambda c: c["name"])
 def test_vector(case):
     if case["kind"] == "rans":
         freqs = np.array(case["freqs"])
@@ -44,11 +47,16 @@ def test_vector(case):
     else:
         target = load(case["target"], "u2", shape)
     expected = load(case["chunk"], "u1").tobytes()
-    got = encode_chunk(target, pred, fingerprint=case["fingerprint"], token_start=case["token_start"],
-                       model=case["model"], lanes=case["lanes"])
+    v2 = case.get("format") == "spec-v2"
+    if v2:
+        got = encode_chunk_v2(target, pred, fingerprint=case["fingerprint"], token_start=case["token_start"],
+                              model=case["model"], block_steps=case["block_steps"])
+    else:
+        got = encode_chunk(target, pred, fingerprint=case["fingerprint"], token_start=case["token_start"],
+                           model=case["model"], lanes=case["lanes"])
     assert got == expected
     L, _, KH, T, D = shape
-    res = decode_chunk(expected, FixedPredictions(pred), fingerprint=case["fingerprint"], layers=L, kv_heads=KH,
+    res = (decode_chunk_v2 if v2 else decode_chunk)(expected, FixedPredictions(pred), fingerprint=case["fingerprint"], layers=L, kv_heads=KH,
                        head_dim=D, token_start=case["token_start"], token_end=case["token_start"] + T)
     assert res.ok, res.message
     if case["mode"] == "fp8":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine_util import tiny_engine
-from reprise_gpu.engine import kv_io
+from reprise_gpu.engine import kv_io, kv_restore
 from reprise_gpu.engine.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
@@ -71,6 +71,38 @@ def test_decode_rejects(bad):
         kv_io.decode_chunk(bytes(data), producer=producer, layers=2, kv_heads=kh, head_dim=16, dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("bad", ["magic", "version", "truncated", "producer", "shape", "json"])
+def test_verified_bytes_skip_only_the_payload_hash(bad):
+    """Verified(data): the whole object's SHA-256 already matched the edge's record, so only the payload's
+    second SHA-256 pass is skipped; every other check still refuses (and the values are still exact)."""
+    kv = torch.randn(2, 2, 2, 3, 16).to(torch.bfloat16)
+    good = kv_io.encode_chunk(kv, 0, "me")
+    args = dict(producer="me", layers=2, kv_heads=2, head_dim=16, dtype=torch.bfloat16)
+    got = kv_io.decode_chunk(kv_io.Verified(good), **args)
+    assert torch.equal(got.kv.view(torch.int16), kv.view(torch.int16))
+    flipped = bytearray(good)
+    flipped[-1] ^= 1                     # a payload bit: caught by the hash only when it is computed
+    with pytest.raises(kv_io.ChunkError, match="checksum"):
+        kv_io.decode_chunk(bytes(flipped), **args)
+    assert kv_io.decode_chunk(kv_io.Verified(bytes(flipped)), **args).kv.view(torch.int16).flatten()[-1] != \
+        kv.view(torch.int16).flatten()[-1]
+    data = bytearray(good)
+    if bad == "magic":
+        data[0:4] = b"XXXX"
+    elif bad == "version":
+        data[4] = 2
+    elif bad == "truncated":
+        data = data[:-2]
+    elif bad == "producer":
+        args["producer"] = "someone else"
+    elif bad == "shape":
+        args["kv_heads"] = 4
+    elif bad == "json":
+        data[10] = ord("[")
+    with pytest.raises(kv_io.ChunkError):
+        kv_io.decode_chunk(kv_io.Verified(bytes(data)), **args)
+
+
 def test_restorable_prefix():
     c = lambda a, b: kv_io.KvChunk(a, b, torch.empty(0))   # noqa: E731
     assert kv_io.restorable_prefix([c(4, 8), c(0, 4)], 100)[1] == 8
@@ -92,7 +124,7 @@ def test_exported_chunk_matches_the_cache_bit_for_bit():
     _, _, h, payload = parse(seq.kv_chunk)
     n = len(seq) - 1                                        # the last sampled token has no K/V yet
     assert (h["token_start"], h["token_end"]) == (0, n)
-    assert h["producer"] == eng.runner.producer and "weights=sha256:" in h["producer"]
+    assert h["producer"] == eng.kv.producer and "weights=sha256:" in h["producer"]
     # the same tokens recomputed in a single prefill step give the same bits
     ref = tiny_engine(prefill_chunk_size=64)
     s2 = ref.add_request(seq.token_ids, SamplingParams(max_tokens=1, temperature=0))
@@ -126,7 +158,7 @@ def test_resumed_prefill_computes_only_the_new_tokens():
     resumed = eng.add_request(follow_up, GREEDY, kv_chunks=[first.kv_chunk])
     batch = eng.scheduler.schedule()
     assert batch.seqs == [resumed] and batch.num_new == [len(follow_up) - (len(first) - 1)]
-    eng.runner.restore(resumed)
+    eng.kv.restore(resumed)
 
 
 @pytest.mark.parametrize("corruption", ["flip_payload_bit", "foreign_producer", "garbage"])
@@ -157,11 +189,11 @@ def test_producer_without_installed_package(monkeypatch):
     import reprise_gpu
 
     def missing(name):
-        raise kv_io.metadata.PackageNotFoundError(name)
+        raise kv_restore.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(kv_io.metadata, "version", missing)
-    assert kv_io.package_version() == reprise_gpu.__version__
-    assert kv_io.producer_fingerprint("ab", torch.bfloat16, "cpu").startswith(f"reprise-gpu/{reprise_gpu.__version__};")
+    monkeypatch.setattr(kv_restore.metadata, "version", missing)
+    assert kv_restore.package_version() == reprise_gpu.__version__
+    assert kv_restore.producer_fingerprint("ab", torch.bfloat16, "cpu").startswith(f"reprise-gpu/{reprise_gpu.__version__};")
 
 
 def test_source_version_equals_pyproject():

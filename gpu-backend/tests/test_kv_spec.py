@@ -1,4 +1,5 @@
-"""Session chunks coded with spec-v1: exported by one turn, decoded by the next, bit for bit (tiny model, CPU)."""
+"""Session chunks coded with spec-v1 and spec-v2: exported by one turn, decoded by the next, bit for bit
+(tiny model, CPU: the NumPy coders; on CUDA spec-v2 runs on the GPU coder)."""
 
 import hashlib
 import json
@@ -35,10 +36,10 @@ def rewrap(chunk: bytes, payload: bytes) -> bytes:
     return struct.pack("<4sHI", kv_io.MAGIC, kv_io.VERSION, len(hb)) + hb + payload
 
 
-@pytest.fixture(scope="module")
-def three_turns():
-    """Turns 1-2 export spec-v1 chunks [0, a) and [a, b); a raw engine on the same weights gives the truth."""
-    eng = tiny_engine(kv_codec="spec-v1")
+@pytest.fixture(scope="module", params=["spec-v1", "spec-v2"])
+def three_turns(request):
+    """Turns 1-2 export coded chunks [0, a) and [a, b); a raw engine on the same weights gives the truth."""
+    eng = tiny_engine(kv_codec=request.param)
     t1 = run_turn(eng, [5, 6, 7, 8, 9, 10, 11])
     t2 = run_turn(eng, t1.token_ids + [3, 1, 4], [t1.kv_chunk])
     return eng, t1, t2
@@ -47,14 +48,15 @@ def three_turns():
 def test_spec_chunks_decode_to_the_exact_cache(three_turns):
     eng, t1, t2 = three_turns
     h1, h2 = header(t1.kv_chunk), header(t2.kv_chunk)
-    assert (h1["codec"], h1["token_start"], h1["token_end"]) == ("spec-v1", 0, len(t1) - 1)
-    assert (h2["codec"], h2["token_start"], h2["token_end"]) == ("spec-v1", len(t1) - 1, len(t2) - 1)
+    codec = eng.config.kv_codec
+    assert (h1["codec"], h1["token_start"], h1["token_end"]) == (codec, 0, len(t1) - 1)
+    assert (h2["codec"], h2["token_start"], h2["token_end"]) == (codec, len(t1) - 1, len(t2) - 1)
     raw = tiny_engine()                                   # same weights, raw chunks: the values to match
     r2 = raw.add_request(t2.token_ids, SamplingParams(max_tokens=1, temperature=0), export_kv=True)
     while raw.has_work():
         raw.step()
-    truth = raw.runner.decode_chunk(r2.kv_chunk).kv.view(torch.int16)      # [L, 2, KH, len(t2), D]
-    got = eng.verify_chunks([t1.kv_chunk, t2.kv_chunk], prompt_token_ids=t2.token_ids + [1])
+    truth = raw.kv.parse(r2.kv_chunk).kv.view(torch.int16)      # [L, 2, KH, len(t2), D]
+    got = eng.kv.verify([t1.kv_chunk, t2.kv_chunk], t2.token_ids + [1]).chunks
     assert [(c.token_start, c.token_end) for c in got] == [(0, len(t1) - 1), (len(t1) - 1, len(t2) - 1)]
     for c in got:
         assert torch.equal(c.kv.view(torch.int16), truth[:, :, :, c.token_start:c.token_end])
@@ -91,9 +93,9 @@ def test_undecodable_spec_chunk_ends_the_prefix_and_tokens_are_recomputed(three_
 def test_spec_chunk_from_another_speculator_is_refused(three_turns):
     eng, t1, _ = three_turns
     other = tiny_engine(kv_codec="spec-v1", seed=1)       # other weights: producer differs, refused at parse
-    assert other.verify_chunks([t1.kv_chunk], prompt_token_ids=t1.token_ids) == []
+    assert other.kv.verify([t1.kv_chunk], t1.token_ids).chunks == []
     raw = tiny_engine()                                    # a raw-only backend does not take spec-v1 chunks
-    assert raw.verify_chunks([t1.kv_chunk], prompt_token_ids=t1.token_ids) == []
+    assert raw.kv.verify([t1.kv_chunk], t1.token_ids).chunks == []
 
 
 def test_spec_v1_needs_bf16():
@@ -107,16 +109,16 @@ def test_spec_coding_runs_off_the_engine_thread(monkeypatch):
     """A finished turn's chunk is still being coded while the engine finishes another request."""
     import threading
 
-    from reprise_gpu.engine import kv_spec
+    from reprise_gpu.codec import api as codec_api
 
     eng = tiny_engine(kv_codec="spec-v1")
     gate = threading.Event()
-    real = kv_spec.encode_chunk
+    real = codec_api.encode
 
     def slow_encode(*a, **k):
         gate.wait(30)
         return real(*a, **k)
-    monkeypatch.setattr(kv_spec, "encode_chunk", slow_encode)
+    monkeypatch.setattr(codec_api, "encode", slow_encode)
     first = run_turn(eng, [5, 6, 7, 8, 9])
     assert first.kv_export is not None and not first.kv_export.done()
     other = eng.generate([[1, 2, 3]], GREEDY)[0]             # the engine is not held up by the coding

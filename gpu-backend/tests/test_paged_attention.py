@@ -156,3 +156,25 @@ def test_offsets_past_2_31_elements():
     from int64_offsets import run_in_subprocess
 
     run_in_subprocess("paged_attention")
+
+
+@pytest.mark.parametrize("window", [5, 100] if DEVICE == "cpu" else [1, 5, 64, 100])
+def test_window_matches_ref_and_rows_do_not_depend_on_tile_mates(window):
+    """The speculator's windowed attention: kernel == reference, and a row alone == the same row inside a
+    prefill tile, bit for bit on the GPU (both in the 64-row prefill tiling the speculator always uses; the
+    interpreter's float32 matmul may sum a row differently with other rows beside it)."""
+    args, _, _ = make_case([(70, 30), (3, 90)], HEADS["smollm2_gqa3_d64"], 16, torch.float32, seed=5)
+    q, kc, vc, cu, ctx, bt, max_q = to_device(args)
+    out = pa.paged_attention(q, kc, vc, cu, ctx, bt, max_q, window=window)
+    ref = pa.paged_attention_ref(q, kc, vc, cu, ctx, bt, max_q, window=window,
+                                 out=torch.empty(q.shape, dtype=torch.float32, device=DEVICE))
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    full = pa.paged_attention_ref(q, kc, vc, cu, ctx, bt, max_q)
+    assert window >= 100 or not torch.allclose(ref, full)            # the window really cuts keys
+    first = q[:70].contiguous()
+    one = pa.paged_attention(first[-1:].contiguous(), kc, vc, torch.tensor([0, 1], dtype=torch.int32, device=DEVICE),
+                             ctx[:1], bt[:1], 2, window=window)
+    if DEVICE == "cuda":
+        assert torch.equal(one[0], out[69])
+    else:
+        torch.testing.assert_close(one[0], out[69], atol=1e-6, rtol=1e-6)

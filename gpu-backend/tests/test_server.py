@@ -6,12 +6,10 @@ import struct
 import time
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from engine_util import tiny_engine
+from engine_util import ready_client, tiny_engine
 from reprise_gpu.engine import kv_io
 from reprise_gpu.server import auth
-from reprise_gpu.server.app import make_app
 from reprise_gpu.server.frames import KIND_JSON, KIND_KV, frame, json_frame, split_frames
 
 SECRET = "test-secret"
@@ -33,13 +31,8 @@ def with_client(fn, **engine_overrides):
         kw = dict(secret=SECRET)
         kw.update(engine_overrides)
         eng = tiny_engine(**kw)
-        client = TestClient(TestServer(make_app(eng.config, engine=eng)))
-        await client.start_server()
+        client = await ready_client(eng)
         try:
-            for _ in range(100):
-                if (await client.get("/readyz")).status == 200:
-                    break
-                await asyncio.sleep(0.05)
             await fn(client, eng)
         finally:
             await client.close()
@@ -96,7 +89,7 @@ def test_stream_tokens_kv_done_and_resume(kv_codec):
         done = evs[-1][1]
         assert done == {"type": "done", "finish_reason": "length",
                         "usage": {"prompt_tokens": 21, "completion_tokens": 6, "cached_tokens": 0}}
-        chunk = eng.runner.decode_chunk(kv[0])
+        chunk = eng.kv.parse(kv[0])
         assert (chunk.token_start, chunk.token_end) == (0, 21 + 6 - 1)
         generated = [e["id"] for e in tokens]
         assert generated == eng.generate([PROMPT], eng_params())[0]["token_ids"]
@@ -108,7 +101,7 @@ def test_stream_tokens_kv_done_and_resume(kv_codec):
         ids = lambda evs: [e["id"] for k, e in evs if k == KIND_JSON and e["type"] == "token"]   # noqa: E731
         assert ids(resumed) == ids(full)
         assert resumed[-1][1]["usage"]["cached_tokens"] == 26
-        new_chunk = eng.runner.decode_chunk([e for k, e in resumed if k == KIND_KV][0])
+        new_chunk = eng.kv.parse([e for k, e in resumed if k == KIND_KV][0])
         assert (new_chunk.token_start, new_chunk.token_end) == (26, len(nxt) + 6 - 1)
         # a corrupt chunk is ignored: same tokens, nothing cached
         bad = bytearray(kv[0])
@@ -171,11 +164,11 @@ def test_queue_full_503_and_disconnect_frees_blocks():
 
 def test_failed_chunk_export_sends_the_turn_without_kv(monkeypatch):
     """A chunk whose coding fails is left out; tokens and `done` still arrive (the next turn recomputes)."""
-    from reprise_gpu.engine import kv_spec
+    from reprise_gpu.codec import api as codec_api
 
     def broken(*a, **k):
         raise RuntimeError("coder failure")
-    monkeypatch.setattr(kv_spec, "encode_chunk", broken)
+    monkeypatch.setattr(codec_api, "encode", broken)
 
     async def t(client, eng):
         evs = events(await (await post(client, body())).read())

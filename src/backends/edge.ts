@@ -10,10 +10,10 @@ import type { Bindings } from "../env";
 import { HttpError } from "../errors";
 import type { ChatMessage } from "../schemas";
 import { decodeChunk } from "../sessions/chunk";
-import type { Backend, KvChunk } from "./types";
+import type { KvChunk } from "./types";
 
 /** The edge backend, or null when no edge model is configured. */
-export function getEdgeBackend(env: Bindings): Backend | null {
+export function getEdgeBackend(env: Bindings): EdgeBackend | null {
   return env.EDGE_MODEL_KEY ? new EdgeBackend(env) : null;
 }
 

@@ -3,17 +3,23 @@
  * framed binary format of docs/backend-wire-format.md (version 1).
  *
  *   frame = kind (u8: 0x01 JSON, 0x02 KV chunk) | length (u32 LE) | payload
- *   request  = JSON header {version, model, prompt_token_ids, sampling, chunks} + `chunks` KV frames
+ *   request  = JSON header {version, model, prompt_token_ids, sampling, chunks, adapter?, storage?} + `chunks` KV frames
+ *              (+ two adapter frames 0x03 when the adapter travels inline)
  *   response = JSON token events ..., one KV frame, JSON done (or JSON error)
  *   X-Reprise-Timestamp: unix seconds; X-Reprise-Signature: v1=hex(HMAC-SHA256(secret, ts + "." + body))
  */
+import { concatBytes, hmacSha256, toHex, utf8 } from "../crypto";
 import type { Bindings } from "../env";
-import type { Backend, GenerateEvent, GenerateRequest } from "./types";
+import type { TurnStats } from "../sessions/rates";
+import { inlineAdapter } from "./types";
+import type { AdapterFiles, AdapterGrants, Backend, GenerateEvent, GenerateRequest, StoragePlan, StoredChunkReport } from "./types";
 
 export const WIRE_VERSION = 1;
 export const FRAMES_CONTENT_TYPE = "application/x-reprise-frames";
 export const KIND_JSON = 0x01;
 export const KIND_KV = 0x02;
+/** A LoRA adapter file (request only): adapter_config.json, then adapter_model.safetensors. */
+export const KIND_ADAPTER = 0x03;
 /** kind (1) + length (4). */
 const FRAME_HEAD = 5;
 /** Response frames we accept: a token event is tiny; a KV chunk of a full 8k context in BF16 is ~190 MB. */
@@ -59,27 +65,47 @@ export function encodeGenerateBody(preset: string, req: GenerateRequest): Uint8A
       stop: s.stop,
     },
     chunks: req.restored.length,
+    // The adapter: read grants for its two files (the backend fetches and checks them), or, without
+    // grants, the files inline after the KV frames. Either way the backend caches it by key.
+    ...(req.adapter ? { adapter: adapterHeader(req.adapter) } : {}),
+    ...(req.storage ? { storage: storageHeader(req.storage) } : {}),
   };
-  const parts = [frame(KIND_JSON, new TextEncoder().encode(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes))];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
+  const adapter = req.adapter && inlineAdapter(req.adapter) ? [frame(KIND_ADAPTER, req.adapter.config), frame(KIND_ADAPTER, req.adapter.weights)] : [];
+  return concatBytes(frame(KIND_JSON, utf8(JSON.stringify(header))), ...req.restored.map((c) => frame(KIND_KV, c.bytes)), ...adapter);
+}
+
+/** The request header's `adapter` object (docs/backend-wire-format.md). */
+function adapterHeader(a: AdapterFiles | AdapterGrants) {
+  if (inlineAdapter(a)) return { key: a.key, inline: true };
+  return { key: a.key, config: a.config, weights: a.weights };
+}
+
+/** The request header's `storage` object (snake_case, docs/backend-wire-format.md). */
+function storageHeader(p: StoragePlan) {
+  return {
+    chunks: p.chunks.map((c) => ({
+      grant: c.grant, token_start: c.tokenStart, token_end: c.tokenEnd, bytes: c.bytes, sha256: c.sha256, codec: c.codec, mac: c.mac,
+    })),
+    restore_from: p.restoreFrom,
+    export_from: p.exportFrom,
+    put: p.put.map((x) => ({ grant: x.grant, form: x.form })),
+  };
+}
+
+/** A `kv_stored` event's chunk, or null when a field is missing or of the wrong type. */
+export function storedReport(ev: Record<string, unknown>): StoredChunkReport | null {
+  const str = (k: string) => (typeof ev[k] === "string" ? (ev[k] as string) : null);
+  const int = (k: string) => (Number.isSafeInteger(ev[k]) && (ev[k] as number) >= 0 ? (ev[k] as number) : null);
+  const r = {
+    key: str("key"), codec: str("codec"), sha256: str("sha256"), mac: str("mac"), producer: str("producer"),
+    bytes: int("bytes"), tokenStart: int("token_start"), tokenEnd: int("token_end"),
+  };
+  return Object.values(r).every((v) => v !== null) ? (r as StoredChunkReport) : null;
 }
 
 /** `v1=` + hex HMAC-SHA256 of `${timestamp}.${body}` under `secret`. */
 export async function signRequest(secret: string, timestamp: string, body: Uint8Array): Promise<string> {
-  const enc = new TextEncoder();
-  const key = await crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-  const prefix = enc.encode(`${timestamp}.`);
-  const msg = new Uint8Array(prefix.length + body.length);
-  msg.set(prefix, 0);
-  msg.set(body, prefix.length);
-  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, msg));
-  return "v1=" + [...mac].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "v1=" + toHex(await hmacSha256(secret, concatBytes(`${timestamp}.`, body)));
 }
 
 /**
@@ -149,6 +175,12 @@ export async function* parseGenerateStream(body: ReadableStream<Uint8Array>): As
       const finishReason = ev.finish_reason === "length" ? "length" : "stop";
       yield { type: "done", finishReason, cachedTokens: Number.isInteger(usage.cached_tokens) ? (usage.cached_tokens as number) : 0 };
       return;
+    } else if (ev.type === "kv_stored") {
+      const chunk = storedReport(ev);
+      if (chunk) yield { type: "kv_stored", chunk };
+      else console.warn("gpu backend: malformed kv_stored event ignored");
+    } else if (ev.type === "stats") {
+      if (typeof ev.stats === "object" && ev.stats !== null) yield { type: "stats", stats: ev.stats as TurnStats };
     } else if (ev.type === "error") {
       throw new Error(`gpu backend error: ${JSON.stringify(ev.error)}`);
     }
@@ -159,6 +191,8 @@ export async function* parseGenerateStream(body: ReadableStream<Uint8Array>): As
 
 export class GpuHttpBackend implements Backend {
   readonly name = "gpu";
+  /** It reads and writes session chunks itself when the request carries grants (docs/storage-grants.md). */
+  readonly fetchesStorage = true;
   private readonly presets: Map<string, string>;
 
   constructor(private readonly env: Bindings) {

@@ -6,9 +6,13 @@
  * generated token never was) and a done event.
  */
 import type { Backend, GenerateEvent, GenerateRequest } from "../backends/types";
+import { DEFAULT_RATES, forwardMs, maxNewTokens, observe, stepBudgetMs, stepMs } from "./budget";
+import type { EdgeRates } from "./budget";
 import { IM_END_ID } from "./chat-template";
 import { chunkOfPast, restoreChunks, usableChunks } from "./kv-chunks";
 import { forward, loadEdgeModel, ORT_TAG, PastKv, VOCAB } from "./onnx-session";
+import type { EdgeModel } from "./onnx-session";
+import { onComputeLane, prefillPieces } from "./pacing";
 import { randomSeed, sampleToken, seededRng, StopMatcher } from "./sampling";
 import { loadTokenizer } from "./tokenizer";
 
@@ -22,7 +26,22 @@ export interface EdgeEnv {
   BLOBS: R2Bucket;
   /** R2 key of the model's manifest (model-files.ts); tokenizer.json beside it (tokenizer.ts). */
   EDGE_MODEL_KEY: string;
+  /** Most ms one light step may compute (budget.ts); default 25 000. */
+  EDGE_STEP_BUDGET_MS?: string;
 }
+
+/** What a light step would cost, decided before it starts (budget.ts). */
+export interface StepPlan {
+  budgetMs: number;
+  /** Prefill piece sizes, in order. */
+  pieces: number[];
+  estimateMs: number;
+  /** The most new tokens that fit the budget (0: not even the prefill fits). */
+  maxNewTokens: number;
+}
+
+/** This isolate's measured forward-pass costs, shared by every request it serves. */
+let rates: EdgeRates = DEFAULT_RATES;
 
 export class EdgeBackend implements Backend {
   readonly name = "edge";
@@ -40,6 +59,16 @@ export class EdgeBackend implements Backend {
    */
   acceptsProducer(producer: string): boolean {
     return this.producer ? producer === this.producer : producer.endsWith(`+${ORT_TAG}`);
+  }
+
+  /**
+   * The cost of a step that prefills `prefillTokens` and generates up to `newTokens`, against the
+   * step budget, at this isolate's measured rates.
+   */
+  plan(prefillTokens: number, newTokens: number): StepPlan {
+    const budgetMs = stepBudgetMs(this.env.EDGE_STEP_BUDGET_MS);
+    const pieces = prefillPieces(Math.max(1, prefillTokens));
+    return { budgetMs, pieces, estimateMs: stepMs(rates, pieces, newTokens), maxNewTokens: maxNewTokens(rates, pieces, budgetMs) };
   }
 
   async *generate(req: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerateEvent> {
@@ -62,7 +91,14 @@ export class EdgeBackend implements Backend {
     // Room for the prompt and the first tokens fed back; a longer generation grows the cache.
     using past = new PastKv(ids.length + Math.min(maxTokens - 1, GENERATION_ROOM));
     const cached = restoreChunks(past, usableChunks(req.restored, model.producer, ids.length));
-    let { logits } = await forward(model, ids.slice(cached), past);
+    // Compute time this step has used: its own forward passes, not other requests' in between.
+    const meter = { spentMs: 0 };
+    const budgetMs = stepBudgetMs(this.env.EDGE_STEP_BUDGET_MS);
+    let logits: Float32Array = new Float32Array(0);
+    for (const n of prefillPieces(ids.length - cached)) {
+      ({ logits } = await pacedForward(model, ids.slice(past.length, past.length + n), past, meter));
+      signal?.throwIfAborted();
+    }
 
     const rng = seededRng(req.sampling.seed ?? randomSeed());
     const stops = new StopMatcher(stop);
@@ -70,7 +106,10 @@ export class EdgeBackend implements Backend {
     let finishReason: "stop" | "length" = "length";
     for (let n = 1; ; n++) {
       const id = sampleToken(logits, { temperature, topP }, rng);
-      const last = id === IM_END_ID || n >= maxTokens;
+      // Out of budget for one more step: end here (finish_reason "length") rather than be stopped
+      // mid-turn by the runtime's CPU limit, which would lose the turn.
+      const outOfTime = meter.spentMs + forwardMs(rates, 1) > budgetMs;
+      const last = id === IM_END_ID || n >= maxTokens || outOfTime;
       const piece = text.push(id) + (last ? text.flush() : "");
       const s = stops.push(piece);
       if (s.stopped) {
@@ -82,10 +121,18 @@ export class EdgeBackend implements Backend {
       if (id === IM_END_ID) finishReason = "stop";
       if (last) break;
       signal?.throwIfAborted();
-      ({ logits } = await forward(model, [id], past));
+      ({ logits } = await pacedForward(model, [id], past, meter));
     }
 
     yield { type: "kv", chunk: await chunkOfPast(past, cached, model.producer) };
     yield { type: "done", finishReason, cachedTokens: cached };
   }
+}
+
+/** One forward pass on the isolate's compute lane (pacing.ts), timed into the isolate's rates and `meter`. */
+async function pacedForward(model: EdgeModel, ids: number[], past: PastKv, meter: { spentMs: number }) {
+  const { value, ms } = await onComputeLane(() => forward(model, ids, past));
+  rates = observe(rates, ids.length, ms);
+  meter.spentMs += ms;
+  return value;
 }

@@ -15,6 +15,7 @@
  * instead of the isolate holding both (wasm memory never shrinks). Prefill runs PREFILL_CHUNK tokens
  * at a time, which bounds the attention temporaries (3 x 3C x T float32 scores).
  */
+import { toHex } from "../crypto";
 import { fileEntry, layerSessions, Manifest, modelFileKey } from "./model-files";
 import { f16Bits, HEAD_DIM, KV_HEADS, LAYERS, PastKv } from "./kv-cache";
 import { ort, ORT_TAG, ortHeap, sessionOptions, withPrecompiledOrtWasm } from "./ort-runtime";
@@ -63,30 +64,29 @@ export function loadEdgeModel(blobs: R2Bucket, key: string): Promise<EdgeModel> 
   return cached.model;
 }
 
-const hex = (b: ArrayBuffer) => Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
-
 async function createModel(blobs: R2Bucket, key: string): Promise<EdgeModel> {
   const t0 = Date.now();
   const obj = await blobs.get(key);
   if (!obj) throw new Error(`edge model not found in R2 at ${key}; run node scripts/seed_local_storage.mjs`);
   const manifestBytes = new Uint8Array(await obj.arrayBuffer());
   const manifest = Manifest.parse(JSON.parse(new TextDecoder().decode(manifestBytes)));
-  const producer = `sha256:${hex(await crypto.subtle.digest("SHA-256", manifestBytes))}+${ORT_TAG}`;
+  const producer = `sha256:${toHex(await crypto.subtle.digest("SHA-256", manifestBytes))}+${ORT_TAG}`;
   await (await withPrecompiledOrtWasm(() => ort.InferenceSession.create(INIT_MODEL))).release();
   const heap = ortHeap();
-  const at = heap?.malloc(manifest.staging_bytes) ?? 0;
-  const jsStaging = at ? null : new Uint8Array(manifest.staging_bytes);
-  const staging = (n: number) => (jsStaging ? jsStaging.subarray(0, n) : new Uint8Array(heap!.memory.buffer, at, n));
   const sessions = new Map<string, ort.InferenceSession>();
-  try {
-    for (const s of manifest.sessions) {
-      const graph = await readVerified(blobs, key, manifest, s.graph, (n) => new Uint8Array(n));
-      const data = await readVerified(blobs, key, manifest, s.graph + ".data", staging);
+  for (const s of manifest.sessions) {
+    const graph = await readVerified(blobs, key, manifest, s.graph, (n) => new Uint8Array(n));
+    // Staging sized to this file, freed before the next: the largest file (the head) goes first, and
+    // each later file's staging and weights fill the hole it leaves instead of growing the heap.
+    const bytes = fileEntry(manifest, s.graph + ".data").bytes;
+    const at = heap?.malloc(bytes) ?? 0;
+    try {
+      const data = await readVerified(blobs, key, manifest, s.graph + ".data", (n) => (at ? new Uint8Array(heap!.memory.buffer, at, n) : new Uint8Array(n)));
       const external = { path: s.graph.slice(s.graph.lastIndexOf("/") + 1) + ".data", data };
       sessions.set(s.name, await withPrecompiledOrtWasm(() => ort.InferenceSession.create(graph, sessionOptions(external))));
+    } finally {
+      if (at) heap!.free(at);
     }
-  } finally {
-    if (at) heap!.free(at);
   }
   const head = sessions.get("head");
   if (!head) throw new Error("edge model manifest has no head session");
@@ -121,7 +121,7 @@ async function readVerified(blobs: R2Bucket, key: string, manifest: Manifest, na
   }
   reader.releaseLock();
   await writer.close();
-  if (hex(await hasher.digest) !== f.sha256) throw new Error(`edge model file ${name}: SHA-256 differs from the manifest`);
+  if (toHex(await hasher.digest) !== f.sha256) throw new Error(`edge model file ${name}: SHA-256 differs from the manifest`);
   return out;
 }
 

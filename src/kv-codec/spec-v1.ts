@@ -39,6 +39,19 @@ const enc = new TextEncoder();
  * ```
  */
 export function decodeSpecV1(data: Uint8Array, predictor: SpecV1Predictor, expect: SpecV1Expect): SpecV1Decoded {
+  return decodeWith("spec_v1", data, predictor, expect);
+}
+
+/**
+ * Decodes a spec-v1 or spec-v2 chunk, picking the decoder by the header's u16 version (bytes 4-5), as
+ * gpu-backend/reprise_gpu/codec/api.py chunk_version does; any other version is spec-v1's BAD_VERSION.
+ */
+export function decodeSpecChunk(data: Uint8Array, predictor: SpecV1Predictor, expect: SpecV1Expect): SpecV1Decoded {
+  const v2 = data.byteLength >= 6 && data[4] === 2 && data[5] === 0;
+  return decodeWith(v2 ? "spec_v2" : "spec_v1", data, predictor, expect);
+}
+
+function decodeWith(v: "spec_v1" | "spec_v2", data: Uint8Array, predictor: SpecV1Predictor, expect: SpecV1Expect): SpecV1Decoded {
   const w = codecWasm();
   const { layers: L, kvHeads: KH, headDim: D, tokenStart: t0, tokenEnd: t1 } = expect;
   const n = KH * Math.max(t1 - t0, 0) * D; // values per segment
@@ -46,7 +59,7 @@ export function decodeSpecV1(data: Uint8Array, predictor: SpecV1Predictor, expec
   const dataPtr = w.put(data);
   const fp = enc.encode(expect.fingerprint);
   const fpPtr = w.put(fp);
-  let st = w.fn.spec_v1_open(dataPtr, data.byteLength, fpPtr, fp.byteLength, L, KH, D, t0, t1);
+  let st = w.fn[`${v}_open`](dataPtr, data.byteLength, fpPtr, fp.byteLength, L, KH, D, t0, t1);
   if (st !== 0) return { status: statusName(st) as Exclude<CodecStatus, "OK"> };
   const fp8 = data[6] === 1;
   const width = fp8 ? 1 : 2;
@@ -58,15 +71,15 @@ export function decodeSpecV1(data: Uint8Array, predictor: SpecV1Predictor, expec
     const pred = predictor.predict(layer);
     if (pred.length !== 2 * n) return { status: "SHAPE_MISMATCH" };
     w.f32(predPtr, 2 * n).set(pred);
-    st = w.fn.spec_v1_layer(predPtr, outPtr, obsPtr);
+    st = w.fn[`${v}_layer`](predPtr, outPtr, obsPtr);
     if (st !== 0) return { status: statusName(st) as Exclude<CodecStatus, "OK"> };
     out.set(w.u8(outPtr, 2 * n * width), layer * 2 * n * width);
     if (predictor.observe) predictor.observe(layer, w.f32(obsPtr, 2 * n).slice());
   }
-  st = w.fn.spec_v1_finish();
+  st = w.fn[`${v}_finish`]();
   if (st !== 0) return { status: statusName(st) as Exclude<CodecStatus, "OK"> };
   if (!fp8) return { status: "OK", mode: "bf16", bits: new Uint16Array(out.buffer) };
   const rows = L * 2 * KH * (t1 - t0);
-  const exps = new Int8Array(w.u8(w.fn.spec_v1_exps(), rows).slice().buffer);
+  const exps = new Int8Array(w.u8(w.fn[`${v}_exps`](), rows).slice().buffer);
   return { status: "OK", mode: "fp8", codes: out, exps };
 }

@@ -27,6 +27,10 @@ interface Exports {
   spec_v1_layer(pred: number, out: number, observed: number): number;
   spec_v1_finish(): number;
   spec_v1_exps(): number;
+  spec_v2_open(data: number, len: number, fp: number, fpLen: number, L: number, KH: number, D: number, t0: number, t1: number): number;
+  spec_v2_layer(pred: number, out: number, observed: number): number;
+  spec_v2_finish(): number;
+  spec_v2_exps(): number;
   edge_kv_begin(L: number, KH: number, T: number, D: number): number;
   edge_kv_encode_block(values: number, out: number, cap: number): number;
   edge_kv_header(out: number): number;

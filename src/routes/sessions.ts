@@ -41,6 +41,6 @@ sessions.get("/:id", async (c) => {
 
 sessions.delete("/:id", async (c) => {
   const id = c.req.param("id");
-  const blobs = await deleteSession(c.env.SESSIONS, c.env.BLOBS, id, c.var.apiKey.tenant);
+  const blobs = await deleteSession(c.env, id, c.var.apiKey.tenant);
   return c.json({ id, object: "session.deleted", deleted: true, deleted_chunks: blobs });
 });

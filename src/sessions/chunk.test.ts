@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { sha256Hex } from "../crypto";
 import { CHUNK_PREFIX_BYTES, decodeChunk, encodeChunk, parseChunk, type ChunkFields } from "./chunk";
 
 const fields: ChunkFields = { producer: "sha256:ab+test", codec: "raw-f32", layers: 2, kv_heads: 3, head_dim: 4, token_start: 5, token_end: 7 };
@@ -102,7 +103,7 @@ describe("KV chunk container", () => {
 
     it("should accept unknown codecs with any payload size, and ignore unknown header keys", async () => {
       const body = new Uint8Array([1, 2, 3]);
-      const sha = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", body)), (b) => b.toString(16).padStart(2, "0")).join("");
+      const sha = await sha256Hex(body);
       const header = { ...fields, codec: "spec-v1", payload_bytes: 3, payload_sha256: sha, extra: { x: 1 } };
       const r = await decodeChunk(withHeader(header, body));
       expect(r.ok).toBe(true);

@@ -9,6 +9,8 @@
  * to a bad chunk is to recompute from token ids.
  */
 
+import { sha256Hex } from "../crypto";
+
 /** "RPKV": Reprise KV. */
 export const CHUNK_MAGIC = new Uint8Array([0x52, 0x50, 0x4b, 0x56]);
 /** Bumped on any change a version-1 reader would misread. */
@@ -192,11 +194,4 @@ function checkHeader(h: unknown): string | null {
 
 function fail(error: string): ChunkResult {
   return { ok: false, error };
-}
-
-async function sha256Hex(data: Uint8Array): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  let s = "";
-  for (const b of d) s += b.toString(16).padStart(2, "0");
-  return s;
 }

@@ -7,7 +7,7 @@
  * record, and was made by a producer the chosen backend accepts. The first chunk that fails ends
  * the list: the backend recomputes everything after it from token ids. Slower, never wrong.
  */
-import { sha256Hex } from "../middleware/auth";
+import { sha256Hex } from "../crypto";
 import { readChunk } from "../backends/edge";
 import type { Backend, KvChunk } from "../backends/types";
 import type { ChunkRef, SessionRecord } from "./store";
@@ -70,7 +70,7 @@ export async function loadVerifiedChunks(
 }
 
 /** A backend that states its producer fingerprints only gets chunks made by one of them. */
-function acceptsProducer(backend: Backend, producer: string): boolean {
+export function acceptsProducer(backend: Backend, producer: string): boolean {
   const accepts = (backend as { acceptsProducer?: (p: string) => boolean }).acceptsProducer;
   return typeof accepts === "function" ? accepts.call(backend, producer) : true;
 }

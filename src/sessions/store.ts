@@ -5,23 +5,21 @@
  *   lease:<id>             Lease (JSON): the turn in flight, if any
  *   sessions/<id>/<n>.kv   (R2) chunk n, written once with a create-only precondition, never rewritten
  *
- * Concurrency. A turn (1) reads the record, (2) takes the lease if none is live, (3) generates,
- * (4) creates its chunk object in R2 only if that key does not exist, (5) re-reads the record and
- * writes it with `revision + 1` only if the revision is still the one the lease was taken at,
- * (6) drops the lease. A second turn that finds a live lease gets 409 `session_busy`.
+ * Concurrency. A turn (1) reads the record, (2) takes the lease from the session's SessionLease
+ * Durable Object (src/durable/session-lease.ts), which refuses it while another turn holds a live
+ * one (409 `session_busy`) or when the record read is older than the last commit, (3) generates,
+ * (4) renews the lease, (5) creates its chunk object in R2 only if that key does not exist,
+ * (6) re-reads the record and writes it with `revision + 1` only if the revision is still the one
+ * the lease was taken at, (7) releases the lease, raising the object's committed revision.
  *
- * KV is eventually consistent and has no compare-and-set: a read in one location can miss a write
- * made elsewhere for up to ~60 s, and two turns that both read "no lease" before either write lands
- * both believe they hold it. The read-back after writing the lease narrows that window; the R2
- * create-only put (R2 is strongly consistent and checks the precondition atomically) closes it for
- * turns that produce a chunk, since both would claim the same chunk number; the revision check in
- * step 5 catches the rest in all but a last-moment race between two record writes. So in one
- * location (and in workerd/miniflare, whose KV is strongly consistent) no turn is lost; across
- * locations a lost update stays possible in principle. In production each session would be a
- * Durable Object: a single-threaded owner that serializes turns and stores the record
- * transactionally, with R2 still holding the chunks.
+ * The Durable Object is the strongly consistent part: one atomic lease per session in every
+ * location, and a revision fence against stale KV reads. The create-only R2 put and the revision
+ * check in step 6 stay as a second line of defence (they are what kept turns apart when the lease
+ * lived in KV). A turn that outlives its lease (LEASE_TTL_S) fails its renewal and commits nothing.
  */
+import type { Bindings } from "../env";
 import type { ChatMessage } from "../schemas";
+import { randomHex } from "../crypto";
 import { HttpError } from "../errors";
 
 /** One stored KV-cache chunk: the KV of tokens [tokenStart, tokenEnd) for all layers. */
@@ -34,6 +32,37 @@ export interface ChunkRef {
   /** Hex SHA-256 of the whole container object as stored in R2. */
   sha256: string;
   bytes: number;
+  /** The container's codec (raw-bf16, spec-v1, …); absent in records written before it was kept. */
+  codec?: string;
+  /** The chunk MAC the backend reported (chunks it wrote through a grant; docs/storage-grants.md). */
+  mac?: string;
+  /** A second form of the same token range (the policy stored both raw and coded). */
+  alt?: ChunkVariant;
+}
+
+/** One stored form of a chunk's token range. */
+export interface ChunkVariant {
+  r2Key: string;
+  codec: string;
+  sha256: string;
+  bytes: number;
+  mac?: string;
+}
+
+/** What the resume policy did for the session's last turn, and its running counts. */
+export interface SessionResume {
+  last: {
+    restore: string;
+    store: string;
+    restoredTokens: number;
+    computedTokens: number;
+    estimates: Record<string, number | null>;
+    reason: string;
+    fallbacks: string[];
+    /** What the backend measured in that turn (its `stats` event, src/sessions/rates.ts TurnStats). */
+    measured: Record<string, number> | null;
+  } | null;
+  counters: Record<string, number>;
 }
 
 export interface SessionRecord {
@@ -51,6 +80,8 @@ export interface SessionRecord {
   chunks: ChunkRef[];
   /** Number for the next chunk object; never reused, even when chunks are dropped. */
   nextChunk: number;
+  /** The resume policy's last decision and counts for this session. */
+  resume?: SessionResume;
 }
 
 export interface Lease {
@@ -63,13 +94,14 @@ export interface Lease {
 export const LEASE_TTL_S = 300;
 
 const recordKey = (id: string) => `session:${id}`;
-const leaseKey = (id: string) => `lease:${id}`;
+const leaseObject = (env: Pick<Bindings, "SESSION_LEASES">, id: string) => env.SESSION_LEASES.get(env.SESSION_LEASES.idFromName(id));
 export const chunkPrefix = (id: string) => `sessions/${id}/`;
 export const chunkKey = (id: string, n: number) => `sessions/${id}/${n}.kv`;
+/** The second form of chunk n, when both raw and coded are stored. */
+export const altChunkKey = (id: string, n: number) => `sessions/${id}/${n}.alt.kv`;
 
 export function newSessionId(): string {
-  const raw = crypto.getRandomValues(new Uint8Array(16));
-  return "sess_" + [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "sess_" + randomHex(16);
 }
 
 export async function createSession(kv: KVNamespace, tenant: string): Promise<SessionRecord> {
@@ -100,7 +132,8 @@ export function putRecord(kv: KVNamespace, rec: SessionRecord): Promise<void> {
 }
 
 /** Deletes the record first (new turns then 404, an in-flight turn's commit fails), then every blob. */
-export async function deleteSession(kv: KVNamespace, r2: R2Bucket, id: string, tenant: string): Promise<number> {
+export async function deleteSession(env: Pick<Bindings, "SESSIONS" | "BLOBS" | "SESSION_LEASES">, id: string, tenant: string): Promise<number> {
+  const { SESSIONS: kv, BLOBS: r2 } = env;
   await getSession(kv, id, tenant);
   await kv.delete(recordKey(id));
   let deleted = 0;
@@ -111,35 +144,37 @@ export async function deleteSession(kv: KVNamespace, r2: R2Bucket, id: string, t
     deleted += page.objects.length;
     cursor = page.truncated ? page.cursor : undefined;
   } while (cursor);
-  await kv.delete(leaseKey(id));
+  await leaseObject(env, id).clear();
   return deleted;
 }
 
 /**
- * Takes the turn lease for `rec`, or throws 409 `session_busy` when another turn holds a live one.
+ * Takes the turn lease for `rec`, or throws 409 `session_busy` when another turn holds a live one
+ * (or when `rec` is older than the session's last committed turn: a stale read, retry).
  *
  * @example
  * ```ts
- * const lease = await acquireLease(env.SESSIONS, rec);
- * try { ... } finally { await releaseLease(env.SESSIONS, rec.id, lease); }
+ * const lease = await acquireLease(env, rec);
+ * try { ... } finally { await releaseLease(env, rec.id, lease); }
  * ```
  */
-export async function acquireLease(kv: KVNamespace, rec: SessionRecord): Promise<Lease> {
-  const now = Date.now();
-  const cur = await kv.get<Lease>(leaseKey(rec.id), "json");
-  if (cur && cur.expires > now) throw sessionBusy(rec.id);
-  const lease: Lease = { holder: crypto.randomUUID(), revision: rec.revision, expires: now + LEASE_TTL_S * 1000 };
-  await kv.put(leaseKey(rec.id), JSON.stringify(lease), { expirationTtl: LEASE_TTL_S });
-  // Read back: if another turn's write landed after ours, it holds the lease, not us.
-  const back = await kv.get<Lease>(leaseKey(rec.id), "json");
-  if (!back || back.holder !== lease.holder) throw sessionBusy(rec.id);
-  return lease;
+export async function acquireLease(env: Pick<Bindings, "SESSION_LEASES">, rec: SessionRecord): Promise<Lease> {
+  const grant = await leaseObject(env, rec.id).acquire(rec.revision, LEASE_TTL_S * 1000);
+  if (!grant.ok) throw sessionBusy(rec.id);
+  return { holder: grant.holder, revision: rec.revision, expires: grant.expires };
 }
 
-/** Drops the lease if it is still ours (a lease that expired and was retaken is left alone). */
-export async function releaseLease(kv: KVNamespace, id: string, lease: Lease): Promise<void> {
-  const cur = await kv.get<Lease>(leaseKey(id), "json");
-  if (cur && cur.holder === lease.holder) await kv.delete(leaseKey(id));
+/** True if `lease` is still held (and now extended): a turn checks this right before it commits. */
+export async function renewLease(env: Pick<Bindings, "SESSION_LEASES">, id: string, lease: Lease): Promise<boolean> {
+  return leaseObject(env, id).renew(lease.holder, LEASE_TTL_S * 1000);
+}
+
+/**
+ * Drops the lease if it is still ours (a lease that expired and was retaken is left alone);
+ * `committedRevision` is the revision this turn wrote, if it committed.
+ */
+export async function releaseLease(env: Pick<Bindings, "SESSION_LEASES">, id: string, lease: Lease, committedRevision?: number): Promise<void> {
+  await leaseObject(env, id).release(lease.holder, committedRevision);
 }
 
 /** Raw chunk bytes with what the record will say about them. */
@@ -149,6 +184,7 @@ export interface NewChunk {
   tokenEnd: number;
   producer: string;
   sha256: string;
+  codec?: string;
 }
 
 /**
@@ -162,11 +198,17 @@ export async function commitTurn(
   lease: Lease,
   next: Omit<SessionRecord, "revision" | "nextChunk" | "chunks"> & { chunks: ChunkRef[]; nextChunk: number },
   chunk: NewChunk | null,
+  stored: ChunkRef | null = null,
 ): Promise<SessionRecord> {
   let nextChunk = next.nextChunk;
   const chunks = [...next.chunks];
   let written: string | null = null;
-  if (chunk) {
+  const granted = stored ? [stored.r2Key, ...(stored.alt ? [stored.alt.r2Key] : [])] : [];
+  if (stored) {
+    // Written by the backend through this turn's create grants (src/turns/stored.ts checked it).
+    chunks.push(stored);
+    nextChunk += 1;
+  } else if (chunk) {
     written = await createChunkObject(r2, next.id, nextChunk, chunk, lease);
     chunks.push({
       r2Key: written,
@@ -175,12 +217,14 @@ export async function commitTurn(
       producer: chunk.producer,
       sha256: chunk.sha256,
       bytes: chunk.bytes.byteLength,
+      ...(chunk.codec ? { codec: chunk.codec } : {}),
     });
     nextChunk += 1;
   }
   const fresh = await kv.get<SessionRecord>(recordKey(next.id), "json");
   if (!fresh || fresh.tenant !== next.tenant || fresh.revision !== lease.revision) {
     if (written) await r2.delete(written);
+    if (granted.length) await r2.delete(granted);
     if (!fresh || fresh.tenant !== next.tenant) throw sessionNotFound(next.id);
     throw sessionBusy(next.id);
   }
@@ -231,7 +275,9 @@ export function sessionView(rec: SessionRecord) {
     tokens: rec.tokenIds.length,
     cached_tokens: rec.chunks.length ? rec.chunks[rec.chunks.length - 1]!.tokenEnd : 0,
     chunks: rec.chunks.length,
-    stored_bytes: rec.chunks.reduce((s, c) => s + c.bytes, 0),
+    stored_bytes: rec.chunks.reduce((s, c) => s + c.bytes + (c.alt?.bytes ?? 0), 0),
+    chunk_codecs: rec.chunks.map((c) => [c.codec ?? "unknown", ...(c.alt ? [c.alt.codec] : [])].join("+")),
+    resume: rec.resume ?? { last: null, counters: {} },
     messages: rec.messages,
   };
 }

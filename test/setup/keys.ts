@@ -1,6 +1,7 @@
 // Seeds the API keys every test file uses (storage is isolated per test file, so per file).
 import { env } from "cloudflare:workers";
-import { apiKeyKvKey, sha256Hex } from "../../src/middleware/auth";
+import { sha256Hex } from "../../src/crypto";
+import { apiKeyKvKey } from "../../src/middleware/auth";
 import { KEYS } from "../helpers";
 
 const seed = async (key: string, rec: object) =>

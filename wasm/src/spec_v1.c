@@ -9,7 +9,7 @@
  * of the format's "Decoding and statuses" section, and nothing reads past `len`. */
 #include "bits.h"
 #include "sha256.h"
-#include "spec_grid.h"
+#include "spec_model.h"
 
 #define HEAD 94
 #define TRAILER 32
@@ -103,73 +103,12 @@ int spec_v1_open(const u8 *data, u32 len, const u8 *fp, u32 fp_len, u32 L, u32 K
   return ST_OK;
 }
 
-/* Row exponents the prediction implies (codec/fp8cache.py row_exponents on amax |pred|). */
-static i32 row_exponent(float amax) {
-  double a = amax;
-  i32 e;
-  if (a > 0) {
-    double q = a / 448.0;
-    u64 qb;
-    __builtin_memcpy(&qb, &q, 8);
-    e = (i32)((qb >> 52) & 0x7FF) - 1022; /* frexp: q = f * 2^e, f in [0.5, 1); q is a normal double */
-  } else {
-    e = -127;
-  }
-  u64 pb = (u64)(1023 + e - 1) << 52;     /* 2^(e-1), e-1 in [-158, 127]: normal */
-  double p2;
-  __builtin_memcpy(&p2, &pb, 8);
-  if (448.0 * p2 >= a) e -= 1;
-  return e < -127 ? -127 : e > 127 ? 127 : e;
-}
-
-static float pow2f(i32 e) { /* e in [-127, 127] */
-  return e >= -126 ? bits_f32((u32)(127 + e) << 23) : bits_f32(1u << (149 + e));
-}
-
-/* FP8 exponent section of one segment (fp8cache.read_exponents): 1 bit per row, then passes. */
-static int read_exponents(const float *pred, i8 *out) {
-  u32 rows = S.KH * S.T, D = S.D, v;
-  for (u32 r = 0; r < rows; r++) {
-    float amax = 0;
-    for (u32 d = 0; d < D; d++) {
-      float a = pred[(u64)r * D + d];
-      if ((f32_bits(a) & 0x7F800000u) == 0x7F800000u) a = 0;
-      a = a < 0 ? -a : a;
-      if (a > amax) amax = a;
-    }
-    out[r] = (i8)row_exponent(amax);
-  }
-  /* passes over the rows still open: 0 = as predicted; then 0 = +1; then 0 = -1; then 8 raw bits */
-  enum { SAME, OPEN1, PLUS, OPEN2, MINUS, RAW };
-  u8 *st = S.sym; /* scratch, rows <= values per segment */
-  for (u32 r = 0; r < rows; r++) { if (!br_read(&S.exp, 1, &v)) return ST_CORRUPT; st[r] = v ? OPEN1 : SAME; }
-  for (u32 r = 0; r < rows; r++) if (st[r] == OPEN1) { if (!br_read(&S.exp, 1, &v)) return ST_CORRUPT; st[r] = v ? OPEN2 : PLUS; }
-  for (u32 r = 0; r < rows; r++) if (st[r] == OPEN2) { if (!br_read(&S.exp, 1, &v)) return ST_CORRUPT; st[r] = v ? RAW : MINUS; }
-  for (u32 r = 0; r < rows; r++) {
-    i32 e = out[r];
-    if (st[r] == PLUS) e += 1;
-    else if (st[r] == MINUS) e -= 1;
-    else if (st[r] == RAW) { if (!br_read(&S.exp, 8, &v)) return ST_CORRUPT; e = v >= 128 ? (i32)v - 256 : (i32)v; }
-    if (e < -127 || e > 127) return ST_CORRUPT; /* FP8 scale exponent out of range */
-    out[r] = (i8)e;
-  }
-  return ST_OK;
-}
-
 static int decode_segment(const float *pred, const u8 *param, const i8 *rowexp, u8 *out) {
   const float_format *f = S.fmt;
   const spec_tables *tab = spec_tables_get(param);
   const i8 *Sc = (const i8 *)(param + 4);
   u32 KH = S.KH, T = S.T, D = S.D, n = (u32)S.n_seg;
-  for (u32 h = 0, i = 0; h < KH; h++)
-    for (u32 t = 0; t < T; t++) {
-      i32 e = rowexp ? rowexp[h * T + t] : 0;
-      float scale = pow2f(-e);
-      for (u32 d = 0; d < D; d++, i++) {
-        float p = rowexp ? pred[i] * scale : pred[i];
-        S.lay[i] = layout_of(sanitize(p, f), (i64)Sc[h * D + d] - SCALE_STEPS * e, f, S.phase);
-      }
-    }
+  segment_layouts(pred, Sc, rowexp, KH, T, D, f, S.phase, S.lay);
   /* rANS: steps of up to `lanes` values, value j of a step on lane j; the segment starts a step */
   for (u32 a = 0; a < n; a += S.lanes) {
     u32 cnt = n - a < S.lanes ? n - a : S.lanes;
@@ -203,13 +142,6 @@ static int decode_segment(const float *pred, const u8 *param, const i8 *rowexp, 
   return ST_OK;
 }
 
-static float e4m3_value(u8 c) {
-  u32 E = (c >> 3) & 15, m = c & 7;
-  float v = (E == 15 && m == 7) ? bits_f32(0x7FC00000u) : E == 0 ? (float)m * bits_f32(0x3B000000u) /* 2^-9 */
-                                                                   : (float)(8 + m) * pow2f((i32)E - 10);
-  return (c & 0x80) ? -v : v;
-}
-
 EXPORT(spec_v1_layer)
 int spec_v1_layer(const float *pred, u8 *out, float *observed) {
   if (S.status != ST_OK) return S.status;
@@ -220,7 +152,7 @@ int spec_v1_layer(const float *pred, u8 *out, float *observed) {
     const u8 *param = S.params + (u64)(2 * S.layer + kind) * (4 + (u64)S.KH * S.D);
     i8 *rowexp = S.fp8 ? S.exps + (u64)(2 * S.layer + kind) * S.KH * S.T : 0;
     const float *p = pred + (u64)kind * n;
-    int st = rowexp ? read_exponents(p, rowexp) : ST_OK;
+    int st = rowexp ? read_exponents(&S.exp, p, S.KH * S.T, S.D, S.sym, rowexp) : ST_OK;
     if (st == ST_OK) st = decode_segment(p, param, rowexp, out + (u64)kind * n * width);
     if (st != ST_OK) return fail(st);
     if (observed)

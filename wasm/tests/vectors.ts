@@ -3,8 +3,9 @@
 // the manifest's SHA-256.
 import { env } from "cloudflare:workers";
 import manifest from "../../vectors/kv-codec/manifest.json";
+import manifestV2 from "../../vectors/kv-codec/manifest-v2.json";
 
-export { manifest };
+export { manifest, manifestV2 };
 /** A `kind: "chunk"` entry of manifest.json. */
 export interface ChunkCase {
   name: string;
@@ -14,7 +15,8 @@ export interface ChunkCase {
   shape: number[];
   token_start: number;
   fingerprint: string;
-  lanes: number | null;
+  lanes?: number | null;
+  block_steps?: number;
   pred: string;
   chunk: string;
   target?: string;
@@ -23,7 +25,7 @@ export interface ChunkCase {
 }
 
 const bindings = env as unknown as { VECTORS: Fetcher };
-const hashes = manifest.sha256 as Record<string, string>;
+const hashes = { ...manifest.sha256, ...manifestV2.sha256 } as Record<string, string>;
 
 export async function vectorBytes(file: string): Promise<Uint8Array> {
   const res = await bindings.VECTORS.fetch(`http://vectors/kv-codec/${file}`);

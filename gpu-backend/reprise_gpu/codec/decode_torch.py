@@ -39,19 +39,20 @@ class TorchPredictor:
 
 def decode_chunk_torch(data: bytes, predictor, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int,
                        token_start: int, token_end: int, device: torch.device | str,
-                       rans: str = "auto") -> Decoded:
+                       rans: str = "auto", payload_verified: bool = False) -> Decoded:
     """Like spec.decode_chunk for a `TorchPredictor`; values come back as a uint16 NumPy array.
     rans: "kernel" (Triton), "reference" (plain PyTorch ops) or "auto" (the kernel on CUDA). FP8-cache
     chunks go to the NumPy decoder through an adapter."""
     dev = torch.device(device)
     try:
         pc = parse(bytes(data), fingerprint=fingerprint, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
-                   token_start=token_start, token_end=token_end)
+                   token_start=token_start, token_end=token_end, payload_verified=payload_verified)
         if isinstance(pc, Decoded):
             return pc
         if pc.fp8:
-            return decode_chunk(data, _NumpyAdapter(predictor), fingerprint=fingerprint, layers=layers,
-                                kv_heads=kv_heads, head_dim=head_dim, token_start=token_start, token_end=token_end)
+            return decode_chunk(data, HostPredictor(predictor), fingerprint=fingerprint, layers=layers,
+                                kv_heads=kv_heads, head_dim=head_dim, token_start=token_start, token_end=token_end,
+                                payload_verified=payload_verified)
         use_kernel = rans == "kernel" or (rans == "auto" and dev.type == "cuda")
         return _decode(pc, predictor, dev, decode_segment if use_kernel else decode_segment_ref)
     except CodecError as e:
@@ -60,7 +61,10 @@ def decode_chunk_torch(data: bytes, predictor, *, fingerprint: str, layers: int,
         return Decoded(Status.CORRUPT, None, f"{type(e).__name__}: {e}")
 
 
-class _NumpyAdapter:
+class HostPredictor:
+    """A tensor predictor as the NumPy decoders read one: predictions to host arrays, exact values back
+    as tensors (the fallbacks of this decoder and of the spec-v2 GPU decoder)."""
+
     def __init__(self, p):
         self.p = p
 

@@ -7,6 +7,7 @@ import enum
 # --- chunk header -------------------------------------------------------------------------------
 SPEC_MAGIC = b"RPSC"          # "Reprise speculative coding"; distinct from the container's "RPKV"
 SPEC_VERSION = 1              # bumped on any change to the bitstream or the probability model
+SPEC_VERSION_2 = 2            # spec-v2: the same model, independent rANS blocks, values hash instead of SHA-256
 
 # --- rANS ---------------------------------------------------------------------------------------
 RANS_WORD_BITS = 16           # renormalize 16 bits at a time: at most one word per symbol when prob_bits <= 16
@@ -14,6 +15,15 @@ RANS_L = 1 << 16              # state lower bound; states live in [2^16, 2^32) s
 PROB_BITS = 15                # frequency tables sum to 2^15: fine enough for p >= 3e-5, tables stay small
 DEFAULT_LANES = 4096          # interleaved states; more lanes = faster NumPy/GPU steps, 4 bytes each in the stream
 MIN_SYMBOLS_PER_LANE = 1024   # fewer lanes for small chunks so the 32-bit final states cost < 1%
+
+# --- spec-v2 blocks -----------------------------------------------------------------------------
+BLOCK_LANES = 32              # one GPU warp per block: the per-step word prefix sum is a warp scan
+DEFAULT_BLOCK_STEPS = 512     # 32 * 512 values per block: 140 bytes of states + table = 0.07 bit/value
+MAX_BLOCK_STEPS = 4096        # a block's steps run one after another on the GPU: latency grows with them
+# values hash: splitmix64's constants (Steele, Lea, Flood, "Fast splittable pseudorandom number generators", 2014)
+HASH_GOLDEN = 0x9E3779B97F4A7C15
+HASH_C1 = 0xBF58476D1CE4E5B9
+HASH_C2 = 0x94D049BB133111EB
 
 
 class Status(enum.IntEnum):

@@ -82,10 +82,11 @@ def exponent_fields(e: np.ndarray, e_pred: np.ndarray) -> tuple[np.ndarray, np.n
     return np.concatenate(vals), np.concatenate(lens)
 
 
-def encode_exponents(exps: np.ndarray, pred: np.ndarray) -> bytes:
-    """exps [L, 2, KH, T], pred [L, 2, KH, T, D] -> the exponent section (segments in layer, K/V order)."""
+def encode_exponents(exps: np.ndarray, pred: np.ndarray | None, e_pred: np.ndarray | None = None) -> bytes:
+    """exps [L, 2, KH, T], pred [L, 2, KH, T, D] (or its predicted_exponents as e_pred) -> the exponent
+    section (segments in layer, K/V order)."""
     L = exps.shape[0]
-    e_pred = predicted_exponents(pred)
+    e_pred = predicted_exponents(pred) if e_pred is None else e_pred
     fields = [exponent_fields(exps[layer, kind], e_pred[layer, kind]) for layer in range(L) for kind in range(2)]
     if not fields:
         return b""

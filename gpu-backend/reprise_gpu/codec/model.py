@@ -25,7 +25,7 @@ import numpy as np
 from .format import (CLASS_MIN, CLASS_WIDE, ESCAPE, GRID_FRAC_BITS, MAX_REL_SCALE, N_NARROW, N_SYMBOLS, N_TABLES,
                      PROB_BITS, SCALE_STEPS, WINDOW)
 from .grid import FloatFormat, pred_center, pred_exponent, refinement_len, to_grid
-from .tables import build_tables, cost_table
+from .tables import COST_FRAC_BITS, cost_table_q
 
 MODELS = {"baseline": 0, "improved": 1}
 BASELINE_MIX = (8, 8, 1, 0)          # a_w = 8/256 at 4x sigma, floor 1/256, no extra escape mass
@@ -97,6 +97,11 @@ def symbolize(x_bits: np.ndarray, lay: Layout, fmt: FloatFormat, grid=None) -> S
                    ref=np.where(esc, x_bits.astype(np.int64), ref), ref_len=np.where(esc, fmt.raw_bits, j))
 
 
+def code_cost_q(cost_q: np.ndarray, lay: Layout, s: Symbols) -> np.ndarray:
+    """code_bits in fixed point (1/2^COST_FRAC_BITS bit, int64) under cost_table_q's table."""
+    return cost_q[lay.tid, s.sym] + ((s.low_len + s.ref_len) << COST_FRAC_BITS)
+
+
 def code_bits(freq: np.ndarray, lay: Layout, s: Symbols) -> np.ndarray:
     """Exact cost in bits of each value under `freq` [N_TABLES, N_SYMBOLS] (for the encoder's search)."""
     return (PROB_BITS - np.log2(freq))[lay.tid, s.sym] + s.low_len + s.ref_len
@@ -127,21 +132,28 @@ def choose_params(x_bits: np.ndarray, x_val: np.ndarray, p: np.ndarray, e: np.nd
     gidx = np.repeat(np.arange(groups), x_bits.shape[1])
     at_g = _AtExponent(xf, pf, fmt)
 
-    def per_value_cost(S_try: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    def per_value_cost(S_try: np.ndarray, cost_q: np.ndarray) -> np.ndarray:
         lay, grid = at_g.layout(S_try.astype(np.int64)[gidx] - SCALE_STEPS * ef)
-        return code_bits(freq, lay, symbolize(xf, lay, fmt, grid))
+        return code_cost_q(cost_q, lay, symbolize(xf, lay, fmt, grid))
 
     lay, grid = at_g.layout(S.astype(np.int64)[gidx] - SCALE_STEPS * ef)
     sy = symbolize(xf, lay, fmt, grid)
     hist = histogram(lay, sy)
-    best = min(MIX_CANDIDATES, key=lambda mix: float((hist * cost_table(*mix)).sum()))
-    freq = build_tables(*best)
+    # integer costs: exact sums, so a GPU encoder that adds them in another order picks the same (first) minimum
+    best = min(MIX_CANDIDATES, key=lambda mix: int((hist * cost_table_q(*mix)).sum()))
+    cost_q = cost_table_q(*best)
     # per-channel scale refinement by exact code length (quarter-octave steps)
     deltas = REFINE_DELTAS
-    costs = np.stack([np.bincount(gidx, per_value_cost(np.clip(S.astype(np.int64) + d, -128, 127), freq),
-                                  minlength=groups) for d in deltas])
+    costs = np.stack([_group_sums(gidx, per_value_cost(np.clip(S.astype(np.int64) + d, -128, 127), cost_q), groups)
+                      for d in deltas])
     S = np.clip(S.astype(np.int64) + np.array(deltas)[np.argmin(costs, axis=0)], -128, 127).astype(np.int8)
     return SegmentParams(best, S)
+
+
+def _group_sums(gidx: np.ndarray, v: np.ndarray, groups: int) -> np.ndarray:
+    """Exact int64 sums of v per group: bincount adds in float64, exact while every partial sum stays
+    below 2^53 (a value costs < 2^22 here, a group holds < 2^24 values)."""
+    return np.bincount(gidx, v.astype(np.float64), minlength=groups).astype(np.int64)
 
 
 class _AtExponent:

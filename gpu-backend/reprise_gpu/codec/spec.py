@@ -111,6 +111,38 @@ def encode_chunk(target: np.ndarray | Fp8Kv, pred: np.ndarray, *, fingerprint: s
     stats: if given, filled with "segment_bits" [L][2]: each segment's exact entropy-coded size in bits
     (symbols + raw fields + its parameters; the rANS final states and the header are not included).
     """
+    cs = code_segments(target, pred, model, stats)
+    L, _, KH, T, D = cs.shape
+    lane_count = _lanes(L * 2 * KH * T * D, lanes)
+    n_seg, fp8, params, raw_fields = KH * T * D, cs.fp8, cs.params, cs.symbols
+    start, freq = cs.start, cs.freq
+    states, words = rans_encode(start, freq, lane_count, PROB_BITS, spans=segment_spans(n_seg, 2 * L, lane_count))
+    raw = _pack_raw(raw_fields)
+    exp_bytes = encode_exponents(target.exps, pred) if fp8 else b""
+    head = HEAD.pack(SPEC_MAGIC, SPEC_VERSION, MODES["fp8" if fp8 else "bf16"], MODELS[model],
+                     fingerprint_digest(fingerprint), L, KH, D, token_start, token_start + T, lane_count,
+                     PROB_BITS, values_sha256(target))
+    body = [head, params_bytes(params)]
+    body.append(SIZES.pack(words.size, len(raw), len(exp_bytes)))
+    body += [states.astype("<u4").tobytes(), words.astype("<u2").tobytes(), raw, exp_bytes]
+    blob = b"".join(body)
+    return blob + hashlib.sha256(blob).digest()
+
+
+@dataclass
+class CodedSegments:
+    """Everything the encoder derives per value before the streams, segments in (layer, K/V) order."""
+    fp8: bool
+    shape: tuple[int, int, int, int, int]
+    params: list[SegmentParams]
+    start: np.ndarray        # int64 [n]: rANS interval of each value's symbol
+    freq: np.ndarray
+    symbols: list[Symbols]   # per segment: symbols and raw fields
+
+
+def code_segments(target: np.ndarray | Fp8Kv, pred: np.ndarray, model: str = "improved",
+                  stats: dict | None = None) -> CodedSegments:
+    """Per segment: fit the parameters, lay the values out on the prediction's grid, symbolize."""
     fp8 = isinstance(target, Fp8Kv)
     fmt = E4M3 if fp8 else BF16
     codes = target.codes if fp8 else np.asarray(target, np.uint16)
@@ -119,8 +151,6 @@ def encode_chunk(target: np.ndarray | Fp8Kv, pred: np.ndarray, *, fingerprint: s
         raise ValueError(f"bad shapes {codes.shape} / {pred.shape} or model {model!r}")
     pred = np.asarray(pred, np.float32)
     phase = model != "baseline"
-    n_seg = KH * T * D
-    lane_count = _lanes(codes.size, lanes)
     params: list[SegmentParams] = []
     starts, freqs, raw_fields = [], [], []
     for layer in range(L):
@@ -141,20 +171,25 @@ def encode_chunk(target: np.ndarray | Fp8Kv, pred: np.ndarray, *, fingerprint: s
                 stats.setdefault("segment_bits", [[0.0, 0.0] for _ in range(L)])[layer][kind] = seg
     start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     freq = np.concatenate(freqs) if freqs else np.zeros(0, np.int64)
-    states, words = rans_encode(start, freq, lane_count, PROB_BITS, spans=segment_spans(n_seg, 2 * L, lane_count))
-    raw = _pack_raw(raw_fields)
-    exp_bytes = encode_exponents(target.exps, pred) if fp8 else b""
-    head = HEAD.pack(SPEC_MAGIC, SPEC_VERSION, MODES["fp8" if fp8 else "bf16"], MODELS[model],
-                     fingerprint_digest(fingerprint), L, KH, D, token_start, token_start + T, lane_count,
-                     PROB_BITS, values_sha256(target))
-    body = [head]
-    for sp in params:
-        body.append(bytes([sp.mix[0], sp.mix[1] & 0xFF, sp.mix[2], sp.mix[3]]))
-        body.append(sp.scale.astype(np.int8).tobytes())
-    body.append(SIZES.pack(words.size, len(raw), len(exp_bytes)))
-    body += [states.astype("<u4").tobytes(), words.astype("<u2").tobytes(), raw, exp_bytes]
-    blob = b"".join(body)
-    return blob + hashlib.sha256(blob).digest()
+    return CodedSegments(fp8, (L, two, KH, T, D), params, start, freq, raw_fields)
+
+
+def params_bytes(params: list[SegmentParams]) -> bytes:
+    """Per segment: mixture bytes a_w, k_w (i8), a_f, a_e, then the KH*D i8 scales."""
+    return b"".join(bytes([sp.mix[0], sp.mix[1] & 0xFF, sp.mix[2], sp.mix[3]]) + sp.scale.astype(np.int8).tobytes()
+                    for sp in params)
+
+
+def parse_params(data: bytes, off: int, n_segments: int, groups: int) -> list[SegmentParams]:
+    """Inverse of params_bytes; raises CodecError for mixture weights over 1."""
+    params = []
+    for _ in range(n_segments):
+        a_w, k_w, a_f, a_e = data[off], int(np.int8(data[off + 1])), data[off + 2], data[off + 3]
+        if a_w + a_f > 256:
+            raise CodecError(Status.CORRUPT, "mixture weights exceed 1")
+        params.append(SegmentParams((a_w, k_w, a_f, a_e), np.frombuffer(data, np.int8, groups, off + 4).copy()))
+        off += 4 + groups
+    return params
 
 
 def _by_channel(a: np.ndarray, KH: int, T: int, D: int) -> np.ndarray:
@@ -176,10 +211,13 @@ def _pack_raw(segments: list[Symbols]) -> bytes:
 
 
 def decode_chunk(data: bytes, predictor: Predictor, *, fingerprint: str, layers: int, kv_heads: int,
-                 head_dim: int, token_start: int, token_end: int) -> Decoded:
-    """Decode a spec-v1 chunk whose shape and range the caller expects; any problem -> a Status."""
+                 head_dim: int, token_start: int, token_end: int, payload_verified: bool = False) -> Decoded:
+    """Decode a spec-v1 chunk whose shape and range the caller expects; any problem -> a Status.
+    payload_verified: the caller has checked these exact bytes already (the container's SHA-256 covers
+    them, trailer included), so the trailer is not hashed again."""
     try:
-        return _decode(bytes(data), predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end)
+        return _decode(bytes(data), predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end,
+                       payload_verified)
     except CodecError as e:
         return Decoded(e.status, None, str(e))
     except (ValueError, IndexError, OverflowError, struct.error) as e:  # hostile bytes we did not foresee
@@ -205,7 +243,7 @@ class Parsed:
 
 
 def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim: int, token_start: int,
-          token_end: int) -> Parsed | Decoded:
+          token_end: int, payload_verified: bool = False) -> Parsed | Decoded:
     """Every check before the streams: -> Parsed, or a Decoded with the failing status. Raises CodecError
     (or a struct/value error) only for malformed parameter bytes, which decode_chunk turns into CORRUPT."""
     if len(data) < 4 or data[:4] != SPEC_MAGIC:
@@ -237,16 +275,10 @@ def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim
         return Decoded(Status.TRUNCATED, None, f"{len(data)} bytes, header says {total}")
     if len(data) > total:
         return Decoded(Status.CORRUPT, None, "trailing bytes after the chunk")
-    if hashlib.sha256(data[:-TRAILER]).digest() != data[-TRAILER:]:
+    if not payload_verified and hashlib.sha256(data[:-TRAILER]).digest() != data[-TRAILER:]:
         return Decoded(Status.PAYLOAD_CHECKSUM, None, "chunk bytes do not match their SHA-256")
-    params = []
-    for _ in range(2 * L):
-        a_w, k_w, a_f, a_e = data[off], int(np.int8(data[off + 1])), data[off + 2], data[off + 3]
-        if a_w + a_f > 256:
-            raise CodecError(Status.CORRUPT, "mixture weights exceed 1")
-        params.append(SegmentParams((a_w, k_w, a_f, a_e), np.frombuffer(data, np.int8, KH * D, off + 4).copy()))
-        off += 4 + KH * D
-    off += SIZES.size
+    params = parse_params(data, off, 2 * L, KH * D)
+    off += params_len + SIZES.size
     states = np.frombuffer(data, "<u4", lanes, off)
     off += 4 * lanes
     words = np.frombuffer(data, "<u2", n_words, off)
@@ -255,9 +287,10 @@ def parse(data: bytes, *, fingerprint: str, layers: int, kv_heads: int, head_dim
                   data[off:off + n_raw], data[off + n_raw:off + n_raw + n_exp], vsha)
 
 
-def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end) -> Decoded:
+def _decode(data, predictor, fingerprint, layers, kv_heads, head_dim, token_start, token_end,
+            payload_verified) -> Decoded:
     pc = parse(data, fingerprint=fingerprint, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
-               token_start=token_start, token_end=token_end)
+               token_start=token_start, token_end=token_end, payload_verified=payload_verified)
     if isinstance(pc, Decoded):
         return pc
     fp8, phase, L, KH, T, D, lanes, params = pc.fp8, pc.phase, pc.L, pc.KH, pc.T, pc.D, pc.lanes, pc.params

@@ -116,6 +116,18 @@ def cost_table(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
     return cost
 
 
+COST_FRAC_BITS = 16   # encoder search costs in 1/2^16 bit: integer sums are exact in any order (GPU atomics)
+
+
+@lru_cache(maxsize=64)
+def cost_table_q(a_w: int, k_w: int, a_f: int, a_e: int) -> np.ndarray:
+    """`cost_table` in fixed point, int64 round(bits * 2^COST_FRAC_BITS), read-only. The encoder compares
+    candidate parameters by sums of these, so every implementation picks the same ones."""
+    q = np.round(cost_table(a_w, k_w, a_f, a_e) * (1 << COST_FRAC_BITS)).astype(np.int64)
+    q.setflags(write=False)
+    return q
+
+
 def quantize(mass: np.ndarray) -> np.ndarray:
     """Rows of non-negative int64 masses -> frequencies >= 1 summing to 2^PROB_BITS (integer, deterministic).
 

@@ -1,7 +1,9 @@
 """Fixed-size KV blocks: a free list and each sequence's block table.
 
 Block 0 is never handed out: padded rows of a CUDA-graph batch write their K/V into it, so it is
-scratch space that no sequence reads.
+scratch space that no sequence reads. LoRA adapters take blocks from the same pool (lora/pool.py, owner
+ids < 0); when a sequence needs blocks and too few are free, `reclaim` (set by the LoRA pool) first
+gives back idle adapters' blocks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.free_blocks: deque[int] = deque(range(1, num_blocks))
-        self.owner: dict[int, int] = {}      # block id -> seq id
+        self.owner: dict[int, int] = {}      # block id -> seq id (< 0: a LoRA adapter's slot)
+        self.reclaim = None                  # callable(n): try to make n blocks free (the LoRA pool's)
 
     @property
     def num_usable(self) -> int:
@@ -47,6 +50,8 @@ class BlockManager:
     def ensure(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow `seq`'s table to cover `num_tokens` tokens; False (and no change) if blocks run out."""
         n = self.blocks_needed(seq, num_tokens)
+        if n > self.num_free and self.reclaim is not None:
+            self.reclaim(n)
         if n > self.num_free:
             return False
         for _ in range(n):
@@ -54,6 +59,20 @@ class BlockManager:
             self.owner[b] = seq.seq_id
             seq.block_table.append(b)
         return True
+
+    def allocate(self, n: int, owner: int) -> list[int]:
+        """n blocks for a non-sequence owner (a LoRA adapter); the caller checked num_free."""
+        assert n <= self.num_free
+        blocks = [self.free_blocks.popleft() for _ in range(n)]
+        for b in blocks:
+            self.owner[b] = owner
+        return blocks
+
+    def release(self, blocks: list[int], owner: int) -> None:
+        for b in blocks:
+            if self.owner.pop(b, None) != owner:
+                raise RuntimeError(f"block {b} released by {owner} but not owned by it")
+            self.free_blocks.append(b)
 
     def free(self, seq: Sequence) -> None:
         for b in reversed(seq.block_table):

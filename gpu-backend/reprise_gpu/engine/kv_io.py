@@ -3,6 +3,7 @@
 Chunk = b"RPKV" | u16 LE version | u32 LE header length | UTF-8 JSON header | payload.
 Raw codecs store, for each layer, K then V, each [kv_heads, tokens, head_dim], little-endian.
 A chunk is used only after every check passes; otherwise the caller recomputes from token ids.
+Who produced a chunk, coded payloads, restore and export: kv_restore.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 import torch
@@ -30,44 +30,21 @@ class KvChunk:
     token_end: int
     kv: torch.Tensor | None   # [layers, 2, kv_heads, tokens, head_dim], on the CPU; None until a coded chunk is decoded
     codec: str = "raw"
-    payload: bytes = b""      # a coded chunk's payload (spec-v1), kept until it is decoded
+    payload: bytes | memoryview = b""   # a coded chunk's payload (a view of its container), kept until decoded
 
 
 class ChunkError(ValueError):
     pass
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every parameter and buffer, in name order."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def device_capability(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda-sm{major}{minor}"
-    return device.type
-
-
-def package_version() -> str:
-    """The installed distribution's version, or `reprise_gpu.__version__` when run from a source tree."""
-    try:
-        return metadata.version("reprise-gpu")
-    except Exception:  # PackageNotFoundError from a source tree; broken metadata must not stop the server either
-        from .. import __version__
-        return __version__
-
-
-def producer_fingerprint(weights_hash: str, dtype: torch.dtype, device: torch.device | str) -> str:
-    version = package_version()
-    return f"reprise-gpu/{version};weights=sha256:{weights_hash};dtype={str(dtype).removeprefix('torch.')};" \
-           f"device={device_capability(device)}"
+@dataclass(frozen=True)
+class Verified:
+    """Container bytes whose whole-object SHA-256 already matched the digest the edge recorded for that
+    object (storage/remote.py fetch_object hashes the body as it streams in). Every byte is then known to
+    be the stored one, so the payload's own SHA-256 is implied: parsing skips that second pass (at ~1 GB/s
+    on one core it cost more than the transfer: bench/results/resume-h200-2026-12-02). All other checks
+    still run."""
+    data: bytes | bytearray
 
 
 def _slots(block_table: list[int], block_size: int, start: int, end: int) -> torch.Tensor:
@@ -118,17 +95,21 @@ def _wire_dtype(dtype: torch.dtype) -> str:
     return "<i2" if dtype.itemsize == 2 else "<i4"     # little-endian whatever the host
 
 
-def decode_chunk(data: bytes, *, producer: str, layers: int, kv_heads: int, head_dim: int,
+def decode_chunk(data: bytes | Verified, *, producer: str, layers: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, coded: tuple[str, ...] = ()) -> KvChunk:
     """Parse and verify one chunk; raises ChunkError on any mismatch before touching the payload's values.
 
     Raw codecs are decoded here. A codec named in `coded` (e.g. "spec-v1") is only checked and parsed:
-    the chunk comes back with kv=None and its payload, for a decoder that needs more context.
+    the chunk comes back with kv=None and its payload (a view, not a copy), for a decoder that needs more
+    context. `data` wrapped in Verified: the payload SHA-256 is not recomputed (see Verified).
     """
-    h, payload = parse_container(data, producer=producer, layers=layers, kv_heads=kv_heads, head_dim=head_dim)
+    checked = isinstance(data, Verified)
+    data = data.data if checked else data
+    h, payload = parse_container(data, producer=producer, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+                                 payload_checked=checked)
     n = h["token_end"] - h["token_start"]
     if h["codec"] in coded:
-        return KvChunk(h["token_start"], h["token_end"], None, codec=h["codec"], payload=bytes(payload))
+        return KvChunk(h["token_start"], h["token_end"], None, codec=h["codec"], payload=payload)
     if h["codec"] != CODECS.get(dtype):
         raise ChunkError(f"codec {h['codec']!r} does not match the cache dtype")
     if len(payload) != layers * 2 * kv_heads * n * head_dim * dtype.itemsize:
@@ -138,10 +119,11 @@ def decode_chunk(data: bytes, *, producer: str, layers: int, kv_heads: int, head
     return KvChunk(h["token_start"], h["token_end"], kv.view(layers, 2, kv_heads, n, head_dim))
 
 
-def parse_container(data: bytes, *, producer: str, layers: int, kv_heads: int, head_dim: int
-                    ) -> tuple[dict, memoryview]:
+def parse_container(data: bytes, *, producer: str, layers: int, kv_heads: int, head_dim: int,
+                    payload_checked: bool = False) -> tuple[dict, memoryview]:
     """-> (header, payload) after the checks every codec shares: prefix, header fields, producer, shape,
-    token range, payload length and SHA-256. Raises ChunkError."""
+    token range, payload length and SHA-256 (not recomputed when `payload_checked`: the caller matched the
+    whole object's digest against its record). Raises ChunkError."""
     if len(data) < PREFIX.size:
         raise ChunkError("shorter than the fixed prefix")
     magic, version, hlen = PREFIX.unpack_from(data)
@@ -170,7 +152,7 @@ def parse_container(data: bytes, *, producer: str, layers: int, kv_heads: int, h
     payload = memoryview(data)[PREFIX.size + hlen:]
     if h["payload_bytes"] != len(payload):
         raise ChunkError("payload length does not match the header")
-    if hashlib.sha256(payload).hexdigest() != h["payload_sha256"]:
+    if not payload_checked and hashlib.sha256(payload).hexdigest() != h["payload_sha256"]:
         raise ChunkError("payload checksum mismatch")
     return h, payload
 
@@ -186,11 +168,3 @@ def restorable_prefix(chunks: list[KvChunk], limit: int) -> tuple[list[KvChunk],
         used.append(c)
         m = min(c.token_end, limit)
     return used, m
-
-
-def restore(kv_cache: torch.Tensor, block_table: list[int], chunks: list[KvChunk], upto: int) -> None:
-    """Write tokens [0, upto) from `chunks` (as chosen by `restorable_prefix`) into the sequence's blocks."""
-    for c in chunks:
-        lo, hi = max(c.token_start, 0), min(c.token_end, upto)
-        if lo < hi:
-            scatter_kv(kv_cache, block_table, lo, c.kv[:, :, :, lo - c.token_start:hi - c.token_start])

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..config import Config
+from ..lora.pool import LoraPool, PackedAdapter, pack
+from ..lora.registry import AdapterRegistry
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, load_tokenizer
-from .kv_io import ChunkError, KvChunk, restorable_prefix
-from .kv_spec import decode_prefix
+from .kv_restore import KvRestore, Restored
 from .model_runner import ModelRunner
 from .sampling import SamplingParams
 from .scheduler import QueueFull, Scheduler
 from .sequence import Sequence, SequenceStatus
-
-log = logging.getLogger(__name__)
 
 __all__ = ["LLMEngine", "StepOutput", "QueueFull", "load_model"]
 
@@ -58,7 +56,19 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, num_blocks=config.num_kv_blocks, block_size=config.block_size,
                                   max_model_len=self.max_model_len, max_num_seqs=config.max_num_seqs,
                                   dtype=config.torch_dtype, device=config.device, cuda_graphs=cuda_graphs,
-                                  compile_decode=compile_decode, kv_codec=config.kv_codec)
+                                  compile_decode=compile_decode)
+        self.kv = KvRestore(self.model, self.runner.kv_cache, device=config.device, dtype=config.torch_dtype,
+                            kv_codec=config.kv_codec, recipe=config.speculator_recipe,
+                            derive=config.speculator_derive)
+        self.lora_pool: LoraPool | None = None
+        self.adapters: AdapterRegistry | None = None
+        if config.max_loras:
+            self.lora_pool = pool = LoraPool(self.runner.kv_cache, self.block_manager, config.max_loras)
+            on_cuda = self.runner.device.type == "cuda"
+            self.adapters = AdapterRegistry(args, config.model, config.lora_host_bytes, pack=lambda ad: pack(
+                ad, args, pool.page_elems, config.torch_dtype, pin=on_cuda))
+            self.runner.enable_lora(pool)
+            self.scheduler.lora = pool
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.tokenizer_path, args.vocab_size, config.gguf_path)
         eos = getattr(self.tokenizer, "token_to_id", lambda _: None)("<|im_end|>")
@@ -66,50 +76,39 @@ class LLMEngine:
         self.seqs: dict[int, Sequence] = {}
         self.detok: dict[int, Detokenizer] = {}
         self.generated_tokens = 0
+        self.idle = False
 
     # ---- requests -------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams | None = None, *,
-                    kv_chunks: list[bytes | KvChunk] = (), export_kv: bool = False, seq_id: int | None = None) -> Sequence:
-        """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn; chunks
-        that fail verification are ignored (their tokens are recomputed). Raises QueueFull or ValueError."""
+                    kv_chunks: list[bytes] | Restored = (), export_kv: bool = False,
+                    seq_id: int | None = None, adapter: PackedAdapter | None = None) -> Sequence:
+        """Queue a request. `kv_chunks`: container bytes of the prompt's KV from an earlier turn (verified
+        here), or what `self.kv.verify` made of them already; chunks that fail verification are ignored
+        (their tokens are recomputed). `adapter`: a LoRA adapter from self.adapters; its load into the pool
+        starts now, while other requests run. Raises QueueFull or ValueError."""
         params = params or SamplingParams()
+        if adapter is not None and self.lora_pool is None:
+            raise ValueError("this engine serves no LoRA adapters (max_loras=0)")
+        if adapter is not None and -(-adapter.n_pages // 2) > self.block_manager.num_usable:
+            raise ValueError(f"the adapter needs {-(-adapter.n_pages // 2)} KV blocks; the pool has "
+                             f"{self.block_manager.num_usable}")
         vocab = self.config.model_args.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         seq = Sequence(prompt_token_ids, params, seq_id=seq_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"duplicate seq id {seq.seq_id}")
-        chunks = self.verify_chunks(kv_chunks, seq.seq_id, prompt_token_ids)
-        seq.restored, seq.num_restored = restorable_prefix(chunks, len(seq) - 1)
+        seq.adapter = adapter
+        restored = kv_chunks if isinstance(kv_chunks, Restored) else self.kv.verify(list(kv_chunks), prompt_token_ids,
+                                                                                    adapter)
+        seq.restored, seq.num_restored = restored.chunks, min(restored.tokens, len(seq) - 1)
         seq.export_kv = export_kv
         self.scheduler.add(seq)
+        if adapter is not None:
+            self.lora_pool.ready(adapter)           # prefetch
         self.seqs[seq.seq_id] = seq
         self.detok[seq.seq_id] = Detokenizer(self.tokenizer, prompt_token_ids, params.stop)
         return seq
-
-    def verify_chunks(self, kv_chunks: list[bytes | KvChunk], seq_id: int | None = None,
-                      prompt_token_ids: list[int] | None = None) -> list[KvChunk]:
-        """The chunks that pass every check (bytes are parsed and verified; KvChunk objects are taken as
-        they are). Coded chunks (spec-v1) need the prompt's token ids and the chunks before them: with
-        `prompt_token_ids` they are decoded, in order, as far as the prompt's restorable prefix goes
-        (seconds per thousand tokens with the NumPy coder: the server calls this off the event loop)."""
-        out = []
-        for i, data in enumerate(kv_chunks):
-            if isinstance(data, KvChunk):
-                out.append(data)
-                continue
-            try:
-                out.append(self.runner.decode_chunk(data))
-            except ChunkError as e:
-                log.info("request %s: KV chunk %d ignored (%s); its tokens are recomputed", seq_id, i, e)
-        if prompt_token_ids is None or all(c.kv is not None for c in out):
-            return out
-        used, _ = restorable_prefix(out, len(prompt_token_ids) - 1)
-        decoded = decode_prefix(self.runner.kv_coder, used, prompt_token_ids)
-        if len(decoded) < len(used):
-            log.info("request %s: coded KV chunk at token %d not decodable; later tokens are recomputed", seq_id,
-                     used[len(decoded)].token_start)
-        return decoded
 
     def abort(self, seq_id: int) -> bool:
         seq = self.seqs.get(seq_id)
@@ -124,15 +123,17 @@ class LLMEngine:
     # ---- one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
+        self.idle = not batch.seqs          # nothing could run (a split restore waiting for its loaded half)
         if not batch.seqs:
             return []
         for seq in batch.admitted:
             if seq.num_restored:
-                self.runner.restore(seq)
+                self.kv.restore(seq)
         tokens = self.runner.run(batch)
         outputs = []
         for seq, n, tok in zip(batch.seqs, batch.num_new, tokens):
             seq.num_cached += n
+            self._split_jump(seq)
             if tok is None:
                 continue
             seq.append_token(tok)
@@ -143,6 +144,25 @@ class LLMEngine:
                 self._finish(seq, reason)
             outputs.append(StepOutput(seq, tok, text, reason is not None))
         return outputs
+
+    def attach_restored(self, seq_id: int, restored: Restored) -> None:
+        """The loaded half of a split restore: chunks covering [seq.restore_at, restored.tokens). Written
+        into the cache now if the sequence holds its blocks (else at admission); the prefill then jumps
+        over them. An empty or short `restored` only means more tokens are computed."""
+        seq = self.seqs.get(seq_id)
+        if seq is None or not seq.restore_pending:
+            return
+        seq.restored = restored.chunks
+        seq.num_restored = max(seq.restore_at, min(restored.tokens, len(seq) - 1))
+        seq.restore_pending = False
+        if seq.status is SequenceStatus.RUNNING:
+            self.kv.restore(seq)
+            self._split_jump(seq)
+
+    @staticmethod
+    def _split_jump(seq: Sequence) -> None:
+        if seq.restore_at and not seq.restore_pending and seq.num_cached == seq.restore_at:
+            seq.num_cached = seq.num_restored
 
     def _check_stop(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params
@@ -159,7 +179,11 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.export_kv and reason != "abort" and seq.status is SequenceStatus.RUNNING:
             # K/V exists for every token but the last one sampled
-            seq.kv_export = self.runner.export(seq, seq.num_restored, len(seq) - 1)
+            start = seq.num_restored if seq.export_from is None else seq.export_from
+            end = len(seq) - 1
+            if start < end:
+                seq.kv_exports = [(f or "default", self.kv.export(seq, start, end, f)) for f in seq.export_forms or (None,)]
+                seq.kv_export = seq.kv_exports[0][1]
         self.scheduler.finish(seq, reason)
         self.seqs.pop(seq.seq_id, None)
         self.detok.pop(seq.seq_id, None)

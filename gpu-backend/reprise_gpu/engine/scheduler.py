@@ -5,6 +5,9 @@ requests share what is left of the token budget, a chunk at a time, oldest first
 and never skips the head of the queue, so nothing starves. When a decode needs a block and none is
 free, the newest running sequence is preempted: its blocks are freed and it goes back to the front
 of the queue to be recomputed.
+
+A request with a LoRA adapter is admitted only once its adapter is resident in the pool (`lora`:
+lora/pool.py); until then the requests behind it may go first, so a load never stalls the others.
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 prefill_chunk_size: int, max_queue: int, max_model_len: int):
+                 prefill_chunk_size: int, max_queue: int, max_model_len: int, lora=None):
         self.bm = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.prefill_chunk_size = prefill_chunk_size
         self.max_queue = max_queue
         self.max_model_len = max_model_len
+        self.lora = lora
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []      # admission order, oldest first
 
@@ -100,27 +104,41 @@ class Scheduler:
             if budget == 0:
                 break
             if seq.is_prefill:
-                n = min(seq.num_uncomputed, self.prefill_chunk_size, budget)
+                n = min(seq.num_uncomputed, self.prefill_chunk_size, budget, _split_room(seq))
+                if n == 0:
+                    continue                                # a split restore waits for its loaded half
                 batch.seqs.append(seq)
                 batch.num_new.append(n)
                 budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        i = 0
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[i]
+            if seq.adapter is not None and not self.lora.ready(seq.adapter):
+                i += 1                                      # its adapter is loading: the next one goes first
+                continue
             if not self.bm.ensure(seq, len(seq)):
                 break
-            self.waiting.popleft()
+            del self.waiting[i]
+            if seq.adapter is not None:
+                seq.lora_slot = self.lora.acquire(seq.adapter)
             seq.status = SequenceStatus.RUNNING
-            seq.num_cached = seq.num_restored
+            seq.num_cached = 0 if seq.restore_at else seq.num_restored
             self.running.append(seq)
             batch.admitted.append(seq)
-            n = min(seq.num_uncomputed, self.prefill_chunk_size, budget)
+            n = min(seq.num_uncomputed, self.prefill_chunk_size, budget, _split_room(seq))
             batch.seqs.append(seq)
             batch.num_new.append(n)
             budget -= n
         return batch
 
+    def _release_adapter(self, seq: Sequence) -> None:
+        if seq.lora_slot >= 0:
+            self.lora.release(seq.adapter)
+            seq.lora_slot = -1
+
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
+        self._release_adapter(seq)
         self.bm.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
@@ -131,8 +149,16 @@ class Scheduler:
         """Take `seq` out of the queue or the batch and free every block it holds."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
+            self._release_adapter(seq)
         elif seq.status is SequenceStatus.WAITING and seq in self.waiting:
             self.waiting.remove(seq)
         self.bm.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+
+def _split_room(seq: Sequence) -> int:
+    """Tokens a split-restore sequence may prefill before its loaded half must be in place."""
+    if not seq.restore_at or seq.num_cached >= seq.restore_at:
+        return seq.num_uncomputed if not (seq.restore_pending and seq.num_cached == seq.restore_at) else 0
+    return seq.restore_at - seq.num_cached

@@ -44,10 +44,22 @@ class Sequence:
         # Verified KV chunks covering [0, num_restored): written into fresh blocks when admitted.
         self.restored: list[KvChunk] = []
         self.num_restored = 0
+        # A split restore ("compute or load? both"): tokens [0, restore_at) are prefilled while the
+        # chunks of [restore_at, num_restored) still load; at restore_at the prefill waits until they are
+        # attached (restore_pending False), then jumps to num_restored.
+        self.restore_at = 0
+        self.restore_pending = False
         self.export_kv = False
+        # The exported chunk starts here (None: at num_restored); forms to export: "raw", "coded" (): the engine's codec
+        self.export_from: int | None = None
+        self.export_forms: tuple[str, ...] = ()
         # exported at finish when export_kv is set; a future because spec-v1 codes it off the engine thread
         self.kv_export: Future[bytes] | None = None
+        self.kv_exports: list[tuple[str, Future[bytes]]] = []     # (form, chunk) for each export form
         self.num_preemptions = 0
+        # LoRA: the adapter (lora.pool.PackedAdapter) this request runs with, and its pool slot while running
+        self.adapter = None
+        self.lora_slot = -1
 
     def __len__(self) -> int:
         return len(self.token_ids)

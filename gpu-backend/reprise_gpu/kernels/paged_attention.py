@@ -7,7 +7,8 @@ n_b new ones. With G = n_heads / n_kv_heads (GQA) and K_b[j] = k_cache[block_tab
     out[s_b + i, h] = softmax_j(scale * q[s_b + i, h] . K_b[j, h // G], j <= p_b + i) @ V_b[:, h // G]
 
 Decode is n_b = 1; chunked prefill is n_b > 1 queries attending to the cached past and causally to
-themselves. One kernel handles any mix. Online softmax as in FlashAttention-2 (Dao, 2023); pages as in
+themselves. With window W > 0 a query at position p sees only keys j > p - W (the speculator's cheaper
+predictors; the model itself never sets it). One kernel handles any mix. Online softmax as in FlashAttention-2 (Dao, 2023); pages as in
 PagedAttention (Kwon et al., SOSP 2023).
 
 Blocked algorithm, one program per (sequence b, kv head kh, tile of BLOCK_Q new tokens):
@@ -51,7 +52,7 @@ NUM_STAGES = 3  # the page-index load runs a stage ahead of the K/V gathers (cp.
 @triton.jit
 def _attend_keys(q, q_pos, m_i, l_i, acc, n0, kv_end, bt_row, k_cache_ptr, v_cache_ptr, kh,
                  stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
-                 offs_d, d_ok, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 offs_d, d_ok, window, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  DOT_IN_F32: tl.constexpr):
     """One online-softmax step over keys [n0, n0 + BLOCK_N) of one sequence and kv head."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -65,6 +66,7 @@ def _attend_keys(q, q_pos, m_i, l_i, acc, n0, kv_end, bt_row, k_cache_ptr, v_cac
         k = k.to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
     causal = (offs_n[None, :] <= q_pos[:, None]) & n_ok[None, :]
+    causal = causal & ((window <= 0) | (offs_n[None, :] > q_pos[:, None] - window))
     s = tl.where(causal, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # padding rows: keep exp2 finite
@@ -88,6 +90,7 @@ def _paged_attention_kernel(
     cu_seqlens_q_ptr, context_lens_ptr, block_tables_ptr,
     # sizes
     scale_log2,  # softmax scale * log2(e): exp2 instead of exp
+    window,      # 0: full causal; W > 0: keys j > pos - W only
     # strides (last dim of q, caches and out is contiguous)
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,  # k_cache [num_blocks, block_size, KH, D]
@@ -131,20 +134,23 @@ def _paged_attention_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
+        # a window skips whole key tiles before the tile's first row can see; rows that see none of a tile
+        # leave m/l/acc bit-for-bit unchanged, so a row's result does not depend on its tile-mates
+        n_first = tl.where(window > 0, tl.maximum(past + mb * BLOCK_Q - window + 1, 0) // BLOCK_N * BLOCK_N, 0)
         if WHILE_LOOP:  # the interpreter cannot use a loaded scalar as a range() bound
-            n0 = 0
+            n0 = n_first
             while n0 < kv_end:
                 m_i, l_i, acc = _attend_keys(
                     q, q_pos, m_i, l_i, acc, n0, kv_end, bt_row, k_cache_ptr, v_cache_ptr, kh,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
-                    offs_d, d_ok, PAGE, BLOCK_N, DOT_PRECISION, DOT_IN_F32)
+                    offs_d, d_ok, window, PAGE, BLOCK_N, DOT_PRECISION, DOT_IN_F32)
                 n0 += BLOCK_N
         else:
-            for n0 in range(0, kv_end, BLOCK_N):
+            for n0 in range(n_first, kv_end, BLOCK_N):
                 m_i, l_i, acc = _attend_keys(
                     q, q_pos, m_i, l_i, acc, n0, kv_end, bt_row, k_cache_ptr, v_cache_ptr, kh,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
-                    offs_d, d_ok, PAGE, BLOCK_N, DOT_PRECISION, DOT_IN_F32)
+                    offs_d, d_ok, window, PAGE, BLOCK_N, DOT_PRECISION, DOT_IN_F32)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_off = (q_start + tok).to(tl.int64)[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -166,8 +172,10 @@ def _tiles(group: int, max_seqlen_q: int) -> tuple[int, int]:
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
-                    max_seqlen_q: int, scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out[s_b+i, h] = softmax(scale * q[s_b+i, h] . K_b[:p_b+i+1, h//G]) @ V_b[:p_b+i+1, h//G] for each sequence b.
+                    max_seqlen_q: int, scale: float | None = None, out: torch.Tensor | None = None,
+                    window: int = 0) -> torch.Tensor:
+    """out[s_b+i, h] = softmax(scale * q[s_b+i, h] . K_b[:p_b+i+1, h//G]) @ V_b[:p_b+i+1, h//G] for each sequence b
+    (with window W > 0: keys (p_b + i - W, p_b + i] only).
 
     q: [T, H, D]; k_cache, v_cache: [num_blocks, block_size, KH, D], q's dtype, last dim contiguous;
     cu_seqlens_q: [B+1] int32; context_lens: [B] int32 (past + new, K/V of the new tokens already stored);
@@ -196,6 +204,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     _paged_attention_kernel[grid](
         q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
         scale * 1.4426950408889634,  # 1/ln(2)
+        int(window),
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -213,7 +222,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
                         max_seqlen_q: int | None = None, scale: float | None = None,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
+                        out: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
     """Same semantics and arguments as `paged_attention`: plain float32 PyTorch, one sequence at a time."""
     T, H, D = q.shape
     _, block_size, KH, _ = k_cache.shape
@@ -233,6 +242,8 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         s = torch.einsum("qhd,khd->hqk", q[start:end].float(), k) * scale
         q_pos = torch.arange(ctx - n, ctx, device=q.device)
         visible = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
+        if window > 0:
+            visible &= torch.arange(ctx, device=q.device)[None, :] > q_pos[:, None] - window
         s = s.masked_fill(~visible, float("-inf"))
         res[start:end] = torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v)
     if out is None:

@@ -17,6 +17,7 @@ from torch import nn
 from ..kernels.kv_store import store_kv
 from ..kernels.paged_attention import paged_attention, paged_attention_ref
 from . import ops
+from .linear import LoraLinear, LoraMetadata
 from .rotary import apply_rope
 
 
@@ -81,14 +82,15 @@ class KVCacheWriter(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, layer: int = 0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.q_size, self.kv_size = n_heads * head_dim, n_kv_heads * head_dim
         self.scale = 1.0 / math.sqrt(head_dim)
         # rows [0, q_size): q, then k, then v (kv_size each); HF's q_proj/k_proj/v_proj stacked
-        self.qkv_proj = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=False)
-        self.o_proj = nn.Linear(self.q_size, dim, bias=False)
+        q, kv = self.q_size, self.kv_size
+        self.qkv_proj = LoraLinear(dim, q + 2 * kv, layer=layer, mod0=0, slices=((0, q), (q, kv), (q + kv, kv)))
+        self.o_proj = LoraLinear(q, dim, layer=layer, mod0=3, slices=((0, dim),))
         self.kv_writer = KVCacheWriter()
 
     def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
@@ -100,12 +102,12 @@ class Attention(nn.Module):
         return q, k, v.reshape(T, self.n_kv_heads, self.head_dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: AttnMetadata,
-                kv_cache: torch.Tensor) -> torch.Tensor:
+                kv_cache: torch.Tensor, lora: LoraMetadata | None = None) -> torch.Tensor:
         """x [T, dim]; kv_cache: this layer's [2, num_blocks, block_size, KH, D] -> [T, dim]."""
         T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.qkv_proj(x, lora).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k, v = (t.view(T, -1, self.head_dim) for t in (q, k, v))  # views of one [T, q + 2 kv] buffer
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         self.kv_writer(k, v, k_cache, v_cache, attn.slot_mapping, q=q, rope=rope)
         o = paged_attention_fn(q, k_cache, v_cache, attn, self.scale)
-        return self.o_proj(o.view(T, self.q_size))
+        return self.o_proj(o.view(T, self.q_size), lora)

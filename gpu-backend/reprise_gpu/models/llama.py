@@ -16,20 +16,21 @@ from torch import nn
 
 from ..config import ModelArgs
 from ..layers.attention import Attention, AttnMetadata
+from ..layers.linear import LoraMetadata
 from ..layers.mlp import SwiGLU
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding
 
-__all__ = ["AttnMetadata", "DecoderLayer", "Llama", "build_model", "alloc_kv_cache"]
+__all__ = ["AttnMetadata", "LoraMetadata", "DecoderLayer", "Llama", "build_model", "alloc_kv_cache"]
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args.dim, args.n_heads, args.n_kv_heads, args.head_dim)
+        self.self_attn = Attention(args.dim, args.n_heads, args.n_kv_heads, args.head_dim, layer)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = SwiGLU(args.dim, args.ffn_dim)
+        self.mlp = SwiGLU(args.dim, args.ffn_dim, layer)
 
     def forward(self, h: torch.Tensor, rope, attn: AttnMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
         """h [T, dim] -> the layer's output [T, dim]."""
@@ -37,7 +38,7 @@ class DecoderLayer(nn.Module):
         return residual + x
 
     def forward_residual(self, x: torch.Tensor, residual: torch.Tensor | None, rope, attn: AttnMetadata,
-                         kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                         kv_cache: torch.Tensor, lora: LoraMetadata | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer on h = residual + x (h = x when residual is None) -> (x', residual') with output residual' + x'.
 
         Leaving the last add to the next norm lets each residual add run inside an RMSNorm kernel.
@@ -46,9 +47,9 @@ class DecoderLayer(nn.Module):
             x, residual = self.input_layernorm(x), x
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, rope, attn, kv_cache)
+        x = self.self_attn(x, rope, attn, kv_cache, lora)
         x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        return self.mlp(x, lora), residual
 
 
 class Llama(nn.Module):
@@ -56,7 +57,7 @@ class Llama(nn.Module):
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
@@ -64,12 +65,13 @@ class Llama(nn.Module):
         self.rotary = RotaryEmbedding(args.head_dim, args.max_seq_len, args.rope_theta)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnMetadata,
-                kv_cache: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions: [T] int64; writes the new K/V into kv_cache -> hidden [T, dim] (final norm applied)."""
+                kv_cache: torch.Tensor, lora: LoraMetadata | None = None) -> torch.Tensor:
+        """input_ids, positions: [T] int64; writes the new K/V into kv_cache -> hidden [T, dim] (final norm applied).
+        With `lora`, each token's adapter (pages in kv_cache itself) is added to every projection it targets."""
         rope = self.rotary(positions)
         x, residual = self.embed_tokens(input_ids), None
         for i, layer in enumerate(self.layers):
-            x, residual = layer.forward_residual(x, residual, rope, attn, kv_cache[i])
+            x, residual = layer.forward_residual(x, residual, rope, attn, kv_cache[i], lora)
         return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--prefill-chunk-size", type=int, default=None)
     p.add_argument("--max-queue", type=int, default=None)
-    p.add_argument("--kv-codec", default="raw", choices=["raw", "spec-v1"],
-                   help="exported KV chunks: raw cache values, or spec-v1 (speculative coding: ~3x smaller, "
-                        "seconds per thousand tokens with the reference coder)")
+    p.add_argument("--kv-codec", default="raw", choices=["raw", "spec-v1", "spec-v2"],
+                   help="exported KV chunks: raw cache values, or speculatively coded (~3x smaller): spec-v1, "
+                        "or spec-v2 (blocks a GPU codes in parallel: the GPU coder on CUDA)")
+    p.add_argument("--max-loras", type=int, default=None, help="LoRA adapters resident in the KV pool at once (0: none)")
+    p.add_argument("--lora-host-bytes", type=int, default=None, help="host LRU of parsed adapters, bytes")
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step before graph capture")
     a = p.parse_args(argv)
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = a.tokenizer or (str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_file() else None)
     knobs = {k: getattr(a, k) for k in ("block_size", "max_num_seqs", "max_num_batched_tokens",
                                          "prefill_chunk_size", "max_queue") if getattr(a, k) is not None}
-    if a.num_kv_blocks is not None:
-        knobs["num_kv_blocks"] = a.num_kv_blocks
+    for k in ("num_kv_blocks", "max_loras", "lora_host_bytes"):
+        if getattr(a, k) is not None:
+            knobs[k] = getattr(a, k)
     config = Config(model=a.model, gguf_path=a.gguf, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
                     secret=secret, tokenizer_path=tokenizer, kv_codec=a.kv_codec, **knobs)
     web.run_app(make_app(config, cuda_graphs=not a.no_cuda_graphs, compile_decode=a.compile), host=config.host, port=config.port)

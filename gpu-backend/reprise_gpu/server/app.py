@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -15,9 +17,14 @@ from ..config import Config
 from ..engine.llm_engine import LLMEngine
 from ..engine.sampling import SamplingParams
 from ..engine.scheduler import QueueFull
+from ..lora.registry import AdapterError
 from . import auth
-from .engine_loop import EngineLoop
+from ..engine.kv_restore import Restored
+from .engine_loop import DoneEvent, EngineLoop, ExportSpec, KvEvent, TokenEvent
 from .frames import CONTENT_TYPE, KIND_KV, FrameError, frame, json_frame, parse_generate_body
+from .adapter_fetch import AdapterFetchError, AdapterLoader
+from .storage_io import GrantedTurn
+from ..storage.chunk_mac import mac_key
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,11 @@ class ServerState:
     loop: EngineLoop | None = None       # set once the model is loaded
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     rejected: Counter | None = None
+    refused: Counter | None = None              # granted chunks not used, by reason
+    storage_bytes: Counter | None = None        # bytes fetched / stored through grants
+    http: aiohttp.ClientSession | None = None   # for granted URLs (storage/remote.py)
+    k_mac: bytes = b""                          # chunk-MAC key (storage/chunk_mac.py)
+    adapters: AdapterLoader | None = None       # set with `loop`: cached, inline or granted adapters
 
 
 STATE = web.AppKey("state", ServerState)
@@ -108,21 +120,57 @@ async def generate(request: web.Request) -> web.StreamResponse:
         rejected.labels("not_ready").inc()
         return error(503, "not_ready", "model is loading", headers={"Retry-After": "5"})
     try:
-        chunks = await asyncio.get_running_loop().run_in_executor(None, loop.engine.verify_chunks, req.chunks, None,
-                                                                   req.prompt_token_ids)
-        handle = loop.submit(req.prompt_token_ids, params, chunks)
-        await handle.accepted
-    except QueueFull as e:
-        rejected.labels("queue_full").inc()
-        return error(503, "queue_full", str(e), headers={"Retry-After": "1"})
-    except ValueError as e:
+        adapter = await st.adapters.resolve(req)       # may fetch through grants: others keep stepping
+    except AdapterError as e:
         rejected.labels("bad_request").inc()
-        return error(400, "bad_request", str(e))
-
+        return error(400, "bad_adapter", str(e))
+    except AdapterFetchError as e:
+        rejected.labels("adapter_fetch_failed").inc()
+        return error(502, "adapter_fetch_failed", str(e))
+    except LookupError as e:
+        rejected.labels("bad_request").inc()
+        return error(409, "adapter_needed", str(e))
     resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-    done = False
+    granted = None
     try:
-        await resp.prepare(request)
+        if req.storage is None:
+            restored = await asyncio.get_running_loop().run_in_executor(None, loop.engine.kv.verify, req.chunks,
+                                                                         req.prompt_token_ids, adapter)
+            handle = loop.submit(req.prompt_token_ids, params, restored, adapter=adapter)
+            await handle.accepted
+        else:
+            # The grant path: the headers go out first, since fetching a long session can take a while;
+            # from here on a refusal is an error frame (the edge then tries its next backend).
+            if loop.queue_depth >= loop.max_queue:
+                raise QueueFull(f"{loop.queue_depth} requests waiting")
+            await resp.prepare(request)
+            if req.storage.restore_from:
+                # Split ("compute or load? both"): prefill [0, k) now, attach [k, …) when it has loaded.
+                forms = tuple(form for _, form in req.storage.put)
+                handle = loop.submit(req.prompt_token_ids, params, Restored(), ExportSpec(bool(forms), None, forms),
+                                     restore_at=req.storage.restore_from, adapter=adapter)
+                await handle.accepted
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids, adapter)
+                loop.attach(handle.seq_id, granted.restored, granted.export.start)
+            else:
+                granted = await GrantedTurn.start(st, loop.engine, req.storage, req.prompt_token_ids, adapter)
+                handle = loop.submit(req.prompt_token_ids, params, granted.restored, granted.export, adapter=adapter)
+                await handle.accepted
+    except (QueueFull, ValueError) as e:
+        code, status = ("queue_full", 503) if isinstance(e, QueueFull) else ("bad_request", 400)
+        rejected.labels(code).inc()
+        if resp.prepared:
+            await resp.write(json_frame({"type": "error", "error": {"code": code, "message": str(e)}}))
+            return resp
+        return error(status, code, str(e), headers={"Retry-After": "1"} if status == 503 else None)
+    except (ConnectionResetError, ConnectionError):
+        return resp
+
+    done = False
+    t_submit = time.perf_counter()
+    try:
+        if not resp.prepared:
+            await resp.prepare(request)
         while not done:
             try:
                 ev = await asyncio.wait_for(handle.events.get(), DISCONNECT_POLL_S)
@@ -130,20 +178,24 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 if request.transport is None or request.transport.is_closing():
                     break
                 continue
-            if ev[0] == "token":
-                await resp.write(json_frame({"type": "token", "id": ev[1], "text": ev[2]}))
-            elif ev[0] == "kv":
+            if isinstance(ev, TokenEvent):
+                if granted is not None and granted.ttft is None:
+                    granted.ttft = time.perf_counter() - t_submit
+                await resp.write(json_frame({"type": "token", "id": ev.token_id, "text": ev.text}))
+            elif isinstance(ev, KvEvent):
                 try:        # spec-v1 chunks finish coding on their own thread; waiting here blocks no one
-                    chunk = await asyncio.wrap_future(ev[1])
+                    chunk = await asyncio.wrap_future(ev.chunk)
                 except Exception:
                     log.exception("KV chunk export failed; the turn is sent without it (next turn recomputes)")
                     continue
-                await resp.write(frame(KIND_KV, chunk))
-            elif ev[0] == "done":
-                await resp.write(json_frame({"type": "done", **ev[1]}))
+                await resp.write(frame(KIND_KV, chunk) if granted is None else json_frame(await granted.store(ev.form, chunk)))
+            elif isinstance(ev, DoneEvent):
+                if granted is not None:
+                    await resp.write(json_frame({"type": "stats", "stats": granted.stats(ev.usage)}))
+                await resp.write(json_frame({"type": "done", "finish_reason": ev.finish_reason, "usage": ev.usage}))
                 done = True
             else:
-                await resp.write(json_frame({"type": "error", "error": {"code": "internal", "message": ev[1]}}))
+                await resp.write(json_frame({"type": "error", "error": {"code": "internal", "message": ev.message}}))
                 done = True
         if done:
             await resp.write_eof()
@@ -163,6 +215,11 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
     st.registry.register(EngineCollector(st))
     st.rejected = Counter("reprise_requests_rejected", "requests refused before generation", ["reason"],
                           registry=st.registry)
+    st.refused = Counter("reprise_kv_chunks_refused", "granted KV chunks not used (their tokens recomputed)",
+                         ["reason"], registry=st.registry)
+    st.storage_bytes = Counter("reprise_storage_bytes", "bytes moved through storage grants", ["direction"],
+                               registry=st.registry)
+    st.k_mac = mac_key(config.secret or "")
     app.router.add_post("/v1/generate", generate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -180,15 +237,18 @@ def make_app(config: Config, engine: LLMEngine | None = None, cuda_graphs: bool 
             if eng is None:
                 eng = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: LLMEngine(config, cuda_graphs=cuda_graphs, compile_decode=compile_decode))
-            await asyncio.get_running_loop().run_in_executor(None, lambda: eng.runner.producer)  # hash weights once
+            await asyncio.get_running_loop().run_in_executor(None, lambda: eng.kv.producer)  # hash weights once
             loop = EngineLoop(eng, config.max_queue)
             loop.start()
+            st.adapters = AdapterLoader(eng.adapters, st.http, st.storage_bytes.labels("get"))
             st.loop = loop
             log.info("model %s ready on %s", config.model, config.device)
 
+        st.http = aiohttp.ClientSession(auto_decompress=False)
         task = asyncio.create_task(load())
         yield
         task.cancel()
+        await st.http.close()
         if st.loop is not None:
             await st.loop.stop()
 

@@ -72,14 +72,16 @@ def op_checks(args, device, m_values) -> dict[str, list[str]]:
     for name, (n, k) in shapes.items():
         wc, ws = quantize_rows(torch.randn(n, k, generator=g, device=device))
         for wide in ((False, True) if name == "gate_up" else (False,)):
-            res[f"linear {name} N={n} K={k} wide={wide}"] = _rows_invariant(
-                lambda x: cuda_ops.linear(cuda_ops.quant_rows(x), wc, ws, wide=wide), lambda m: rnd(m, k), m_values)
+            for fast in (False, True):
+                res[f"linear {name} N={n} K={k} wide={wide}" + (" fast_accum" if fast else "")] = _rows_invariant(
+                    lambda x: cuda_ops.linear(cuda_ops.quant_rows(x), wc, ws, wide=wide, fast=fast),
+                    lambda m: rnd(m, k), m_values)
     return res
 
 
-def model_checks(args, device, lengths=(1, 37, 300, 2048)) -> dict[str, list[str]]:
+def model_checks(args, device, lengths=(1, 37, 300, 2048), recipe: str = "w8a8-kvx") -> dict[str, list[str]]:
     sd = random_state_dict(args, seed=0, device=device)
-    sw = create_quantized_state_dict(sd, args, get_recipe("w8a8-kvx"), device=device)
+    sw = create_quantized_state_dict(sd, args, get_recipe(recipe), device=device)
     spec = Speculator(sw, device=device, ops="cuda")
     g = torch.Generator(device=device).manual_seed(1)
     n = max(lengths)
@@ -87,18 +89,18 @@ def model_checks(args, device, lengths=(1, 37, 300, 2048)) -> dict[str, list[str
     exact = (torch.randn(args.n_layers, 2, args.n_kv_heads, n, args.head_dim, generator=g, device=device)
              .bfloat16().float())
     alone = spec.predict_all([SeqInput(ids, 0)], [exact])[0]
-    res = {"speculator batched": [], "speculator chunked": []}
+    res = {f"speculator {recipe} batched": [], f"speculator {recipe} chunked": []}
     for other in lengths:
         ids2 = torch.randint(0, args.vocab_size, (other,), generator=g, device=device)
         ex2 = exact[:, :, :, :other].flip(0)
         out = spec.predict_all([SeqInput(ids2, 0), SeqInput(ids, 0), SeqInput(ids2, 0)], [ex2, exact, ex2])
         if not torch.equal(out[1], alone):
-            res["speculator batched"].append(f"with two sequences of {other}")
+            res[f"speculator {recipe} batched"].append(f"with two sequences of {other}")
     for cut in lengths[:-1]:
         head = spec.predict_all([SeqInput(ids[:cut], 0)], [exact[:, :, :, :cut]])[0]
         tail = spec.predict_all([SeqInput(ids[cut:], cut, exact[:, :, :, :cut])], [exact[:, :, :, cut:]])[0]
         if not torch.equal(torch.cat([head, tail], dim=3), alone):
-            res["speculator chunked"].append(f"cut at {cut}")
+            res[f"speculator {recipe} chunked"].append(f"cut at {cut}")
     return res
 
 
@@ -146,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-batch", type=int, default=16384)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--recipes", nargs="+", default=["w8a8-kvx"], help="whole-speculator checks per recipe")
     ap.add_argument("--compile-only", action="store_true", help="compile the kernels for sm_90 and stop (no GPU)")
     a = ap.parse_args(argv)
     if a.compile_only:
@@ -159,8 +162,9 @@ def main(argv=None) -> int:
     report = {"model": a.model, "device": cuda_ops.backend_name(device), "checks": {}}
     report["checks"].update(op_checks(args, device, m_values))
     small = get_model_args(a.model, n_layers=a.layers)
-    report["checks"].update(model_checks(small, device,
-                                         lengths=(1, 37, 300, 2048) if device.type == "cuda" else (1, 9, 20)))
+    for rec in a.recipes:
+        report["checks"].update(model_checks(small, device, recipe=rec,
+                                             lengths=(1, 37, 300, 2048) if device.type == "cuda" else (1, 9, 20)))
     failed = {k: v for k, v in report["checks"].items() if v}
     for k, v in report["checks"].items():
         print(f"{'OK  ' if not v else 'FAIL'} {k}" + (f": {v[:4]}" if v else ""))

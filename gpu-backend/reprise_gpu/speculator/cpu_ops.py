@@ -83,13 +83,14 @@ def backend_name(device) -> str:
     return BACKEND
 
 
-def linear(xq, b, sb, wide: bool = False) -> torch.Tensor:
+def linear(xq, b, sb, wide: bool = False, fast: bool = False) -> torch.Tensor:
     """xq = (codes, scale) of the activations; b, sb the weight codes and row scales -> float32.
-    (`wide` marks the gate/up output, which the CUDA path keeps in BF16.)"""
+    (`wide` marks the gate/up output, which the CUDA path keeps in BF16; `fast` is a CUDA-only knob: the
+    exact emulation has one arithmetic.)"""
     return fp8_gemm(xq[0], xq[1], b, sb).float()
 
 
-def kv_split_linear(xq, dq, w, sw, r, sr) -> torch.Tensor:
+def kv_split_linear(xq, dq, w, sw, r, sr, fast: bool = False) -> torch.Tensor:
     """Two-term product (x + d)(W + R)^T ~= x W + d W + x R, each term an exact FP8 GEMM -> float32."""
     return (fp8_gemm(xq[0], xq[1], w, sw) + fp8_gemm(dq[0], dq[1], w, sw) + fp8_gemm(xq[0], xq[1], r, sr)).float()
 
@@ -125,8 +126,8 @@ def silu_mul_quant(gu: torch.Tensor, F: int):
 class KVStore:
     """Per sequence and layer, the K/V attention reads: past (given) then each call's new tokens."""
 
-    def __init__(self, args, seqs, lens, device):
-        self.args, self.lens = args, lens
+    def __init__(self, args, seqs, lens, device, window: int = 0):
+        self.args, self.lens, self.window = args, lens, window
         self.kv = [[None] * args.n_layers for _ in seqs]
         for i, s in enumerate(seqs):
             if s.start:
@@ -146,7 +147,8 @@ class KVStore:
         out, base = [], 0
         for i, n in enumerate(self.lens):
             kv = self.kv[i][layer]
-            out.append(attention(q[base:base + n], kv[0], kv[1], pos[base:base + n], self.args.head_dim ** -0.5))
+            out.append(attention(q[base:base + n], kv[0], kv[1], pos[base:base + n], self.args.head_dim ** -0.5,
+                                 window=self.window))
             base += n
         return torch.cat(out) if out else q.new_zeros(q.shape)
 
@@ -165,7 +167,7 @@ def to_fixed(x: torch.Tensor, bits: int = 20) -> tuple[torch.Tensor, torch.Tenso
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, scale: float,
-              key_block: int = 64, max_elems: int = 1 << 22) -> torch.Tensor:
+              key_block: int = 64, max_elems: int = 1 << 22, window: int = 0) -> torch.Tensor:
     """One sequence: q [n, H, D] at absolute positions q_pos [n]; k, v [ctx, KH, D] for positions 0..ctx-1.
 
     out[i, h] = softmax_j<=q_pos[i](scale * q[i, h] . k[j, h // G]) @ v[:, h // G], float64 inside, float32 out.
@@ -181,6 +183,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     s = torch.matmul(qi.transpose(0, 1), ki.permute(1, 2, 0))           # [H, n, ctx], exact integers
     s = torch.ldexp(s, -(qs.permute(1, 0, 2) + ks.permute(1, 2, 0))).permute(1, 0, 2) * scale   # [n, H, ctx]
     visible = torch.arange(ctx)[None, :] <= q_pos[:, None]             # [n, ctx]
+    if window > 0:                                                      # keys (pos - window, pos] only
+        visible &= torch.arange(ctx)[None, :] > q_pos[:, None] - window
     s = s.masked_fill(~visible[:, None, :], -math.inf)
     m = s.amax(dim=-1, keepdim=True)
     p = exp_det(s - m).masked_fill(~visible[:, None, :], 0.0)          # [n, H, ctx]

@@ -58,27 +58,29 @@ def quant_rows(x: torch.Tensor):
     return kernels.quant_rows(x.contiguous())
 
 
-def linear(xq, w: torch.Tensor, sw: torch.Tensor, wide: bool = False) -> torch.Tensor:
-    """FP8 GEMM, rowwise scales: (xq[1][:, None] * xq[0]) @ (sw[:, None] * w).T; BF16 out when `wide`."""
+def linear(xq, w: torch.Tensor, sw: torch.Tensor, wide: bool = False, fast: bool = False) -> torch.Tensor:
+    """FP8 GEMM, rowwise scales: (xq[1][:, None] * xq[0]) @ (sw[:, None] * w).T; BF16 out when `wide`.
+    fast: cuBLAS's fast FP8 accumulation (fewer promotions to float32: cheaper, deterministic, less exact)."""
     dtype = torch.bfloat16 if wide else _out_dtype
     if not w.is_cuda:                    # CPU _scaled_mm has per-tensor scales only: the smoke-test stand-in
         one = torch.ones((), device=w.device)
         out = torch._scaled_mm(xq[0], w.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
         out = (out * xq[1][:, None] * sw[None, :]).to(dtype)
     else:
-        out = torch._scaled_mm(xq[0], w.t(), scale_a=xq[1][:, None], scale_b=sw[None, :], out_dtype=dtype)
+        out = torch._scaled_mm(xq[0], w.t(), scale_a=xq[1][:, None], scale_b=sw[None, :], out_dtype=dtype,
+                               use_fast_accum=fast)
     return out if wide else out.float()
 
 
-def kv_split_linear(xq, dq, w, sw, r, sr) -> torch.Tensor:
-    return linear(xq, w, sw) + linear(dq, w, sw) + linear(xq, r, sr)
+def kv_split_linear(xq, dq, w, sw, r, sr, fast: bool = False) -> torch.Tensor:
+    return linear(xq, w, sw, fast=fast) + linear(dq, w, sw, fast=fast) + linear(xq, r, sr, fast=fast)
 
 
 class KVStore:
     """The K/V attention reads, in BF16 pages [n_layers][num_pages, PAGE, KH, D]; one block table per sequence."""
 
-    def __init__(self, args, seqs, lens, device):
-        self.args, self.lens, self.device = args, lens, device
+    def __init__(self, args, seqs, lens, device, window: int = 0):
+        self.args, self.lens, self.device, self.window = args, lens, device, window
         starts = [s.start for s in seqs]
         ctx = [s + n for s, n in zip(starts, lens)]
         pages = [-(-c // PAGE) for c in ctx]
@@ -114,7 +116,7 @@ class KVStore:
     def attend(self, layer: int, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return pa.paged_attention(q.to(torch.bfloat16).contiguous(), self.k[layer], self.v[layer], self.cu,
                                   self.context_lens, self.block_tables, self.max_q,
-                                  scale=self.args.head_dim ** -0.5)
+                                  scale=self.args.head_dim ** -0.5, window=self.window)
 
     def new_kv(self, i: int) -> torch.Tensor:
         a, n = self.args, self.lens[i]

@@ -14,6 +14,9 @@ Layer l (recipe "w8a8-kvx"; the plain "w8a8" skips the marked steps):
     h += o W_o;  h += silu(g) * u W_down with [g|u] = rmsnorm(h) W_gate_up   (all FP8)
 Row-invariant arithmetic (cpu_ops on the CPU, cuda_ops on CUDA) makes each sequence's predictions
 independent of batching and of how its tokens are split across calls.
+
+With a LoRA adapter (`lora`: speculator/lora.py) every targeted projection adds scaling * x A^T B^T, x
+being that projection's input before FP8 rounding (recomputed exactly: cpu_ops.rms_norm, silu_mul).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from . import cpu_ops
+from .lora import SpecLora
 from .quantize import SpecWeights
 from .recipe import fingerprint
 
@@ -50,15 +54,15 @@ class Speculator:
         self.ops = ops
         self.fingerprint = fingerprint(weights.digest, self.recipe, ops.backend_name(self.device))
 
-    def start(self, seqs: list[SeqInput]) -> "Run":
-        return Run(self, seqs)
+    def start(self, seqs: list[SeqInput], lora: SpecLora | None = None) -> "Run":
+        return Run(self, seqs, lora)
 
     def predict_all(self, seqs: list[SeqInput], exact: list[torch.Tensor] | None = None,
-                    fp8_cache: bool = False) -> list[torch.Tensor]:
+                    fp8_cache: bool = False, lora: SpecLora | None = None) -> list[torch.Tensor]:
         """Encoder side: predictions [L, 2, KH, n, D] per sequence given the true K/V `exact` of the same
         shape (needed by exact-KV recipes; plain "w8a8" may pass None). With `fp8_cache`, `exact` holds
         the FP8 cache's values and each is replaced by the point of its FP8 cell nearest the prediction."""
-        run = self.start(seqs)
+        run = self.start(seqs, lora)
         out = [[] for _ in seqs]
         for layer in range(self.args.n_layers):
             preds = run.predict(layer)
@@ -87,15 +91,17 @@ def fp8_observation(pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 class Run:
-    def __init__(self, spec: Speculator, seqs: list[SeqInput]):
+    def __init__(self, spec: Speculator, seqs: list[SeqInput], lora: SpecLora | None = None):
         self.spec, self.seqs = spec, seqs
+        self.lora = None if lora is None else lora.to(spec.device)
         a, dev = spec.args, spec.device
         self.lens = [int(s.token_ids.numel()) for s in seqs]
         ids = torch.cat([s.token_ids.reshape(-1).to(dev) for s in seqs])
         self.pos = torch.cat([torch.arange(s.start, s.start + n, device=dev) for s, n in zip(seqs, self.lens)])
         self.cs = spec.w.rope[self.pos].contiguous()                      # [T, D]: cos then sin
         self.h = spec.w.embed[ids].float()
-        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev)
+        self.kv = spec.ops.KVStore(a, seqs, self.lens, dev, window=spec.recipe.window)
+        self.fast = spec.recipe.fast_accum
         self.layer = 0
         self.pending = None
 
@@ -109,14 +115,20 @@ class Run:
         nq, dq, rms = ops.norm_quant(self.h, w["g1"], a.norm_eps, r.kv_split)
         q = None
         if r.kv_split:
-            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"])
+            kv = ops.kv_split_linear(nq, dq, w["kv"], w["kv_s"], w["kv_r"], w["kv_rs"], fast=self.fast)
         else:
-            qkv = ops.linear(nq, w["qkv"], w["qkv_s"])
+            qkv = ops.linear(nq, w["qkv"], w["qkv_s"], fast=self.fast)
             q, kv = qkv[:, :q_size], qkv[:, q_size:]
+        n = None
+        if self.lora is not None:            # LoRA reads the normalized input before its FP8 rounding
+            n = cpu_ops.rms_norm(self.h, w["g1"], a.norm_eps)[0]
+            kv = self.lora.add(kv, layer, ("k_proj", "v_proj"), n, (KH * D, KH * D))
+            if q is not None:
+                q = self.lora.add(q, layer, ("q_proj",), n, (q_size,))
         k_pre = kv[:, : KH * D].reshape(T, KH, D)
         v = kv[:, KH * D:].reshape(T, KH, D)
         k = ops.rope(k_pre, self.cs)
-        self.pending = dict(nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v)
+        self.pending = dict(nq=nq, rms=rms, q=q, k_pre=k_pre, k=k, v=v, n=n)
         return [torch.stack([kk.transpose(0, 1), vv.transpose(0, 1)]) for kk, vv in zip(self._split(k), self._split(v))]
 
     def observe(self, layer: int, exact: list[torch.Tensor] | None) -> None:
@@ -135,23 +147,37 @@ class Run:
             self.kv.append(layer, p["k"], p["v"])
         if layer == a.n_layers - 1:
             return                                                        # nothing after the last K/V is needed
-        q, nq = p["q"], p["nq"]
+        q, nq, n, lora = p["q"], p["nq"], p["n"], self.lora
         if r.correction:
             res = torch.cat([(ops.rope(k_ex, self.cs, inverse=True) - p["k_pre"]).reshape(T, -1),
                              (v_ex - p["v"]).reshape(T, -1)], dim=1)
-            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"])
+            du = ops.linear(ops.quant_rows(res), w["corr"], w["corr_s"], fast=self.fast)
             self.h = self.h + du * p["rms"]
             nq, _, _ = ops.norm_quant(self.h, w["g1"], a.norm_eps, False)
+            n = None if lora is None else cpu_ops.rms_norm(self.h, w["g1"], a.norm_eps)[0]
             q = None
         if q is None:
             wq, sq = (w["q"], w["q_s"]) if "q" in w else (w["qkv"][: a.q_size], w["qkv_s"][: a.q_size])
-            q = ops.linear(nq, wq, sq)
+            q = ops.linear(nq, wq, sq, fast=self.fast)
+            if lora is not None:
+                q = lora.add(q, layer, ("q_proj",), n, (a.q_size,))
         q = ops.rope(q.reshape(T, H, D), self.cs, out_dtype=ops.ATTN_DTYPE)
-        o = self.kv.attend(layer, q, self.pos)
-        self.h = self.h + ops.linear(ops.quant_rows(o.reshape(T, H * D)), w["o"], w["o_s"])
+        o = self.kv.attend(layer, q, self.pos).reshape(T, H * D)
+        attn_out = ops.linear(ops.quant_rows(o), w["o"], w["o_s"], fast=self.fast)
+        if lora is not None:
+            attn_out = lora.add(attn_out, layer, ("o_proj",), o.float(), (a.dim,))
+        self.h = self.h + attn_out
         nq2, _, _ = ops.norm_quant(self.h, w["g2"], a.norm_eps, False)
-        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True)
-        self.h = self.h + ops.linear(ops.silu_mul_quant(gu, a.ffn_dim), w["down"], w["down_s"])
+        gu = ops.linear(nq2, w["gate_up"], w["gate_up_s"], wide=True, fast=self.fast)
+        F = a.ffn_dim
+        if lora is not None:
+            n2 = cpu_ops.rms_norm(self.h, w["g2"], a.norm_eps)[0]
+            gu = lora.add(gu, layer, ("gate_proj", "up_proj"), n2, (F, F))
+        mlp_out = ops.linear(ops.silu_mul_quant(gu, F), w["down"], w["down_s"], fast=self.fast)
+        if lora is not None:
+            act = cpu_ops.silu_mul(gu[:, :F].float(), gu[:, F:].float())
+            mlp_out = lora.add(mlp_out, layer, ("down_proj",), act, (a.dim,))
+        self.h = self.h + mlp_out
 
     def own_past(self, i: int) -> torch.Tensor:
         """[L, 2, KH, n, D]: the K/V this run attended with for sequence i's new tokens (a next call's past_kv)."""

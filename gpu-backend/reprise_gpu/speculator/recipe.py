@@ -9,6 +9,11 @@ Recipes (valid values in comments):
                 projection per layer); K/V projections use a two-term FP8 split of weights and activations
                 (~BF16 accuracy) because their error lands directly in the prediction.
     "w8a8-kvx-fp8"  the same for FP8 caches, with a damped correction (ridge 0.1, measured on SmolLM2).
+Cost knobs (issue 9: bits traded for predictor time on long histories), any recipe:
+    window      attention sees only the last `window` positions (0: all): attention cost stops growing
+                with the history, the prediction of far-back dependencies gets worse
+    fast_accum  cuBLAS's fast FP8 accumulation in every GEMM (CUDA; the CPU path has one arithmetic)
+Named: "<recipe>-fast" (fast_accum), "<recipe>-win<N>" (window N, fast_accum).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class Recipe:
     correction: bool = True               # nudge the residual stream toward the observed K/V
     correction_ridge: float = 0.01        # ridge / mean eigenvalue of W_eff W_eff^T; 0.01 measured best on SmolLM2
     kv_split: bool = True                 # K/V projections as x8*W8 + d8*W8 + x8*R8 (two-term FP8)
+    window: int = 0                       # attention over the last `window` positions only (0: all)
+    fast_accum: bool = False              # FP8 GEMMs with cuBLAS fast accumulation (CUDA)
 
     def describe(self) -> str:
         return ";".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -38,6 +45,12 @@ RECIPES = {
     # FP8 caches: observations are FP8 cells (see model.fp8_observation), so the correction is damped
     "w8a8-kvx-fp8": Recipe("w8a8-kvx-fp8", correction_ridge=0.1),
 }
+
+
+for _base in ("w8a8", "w8a8-kv", "w8a8-kvx"):
+    RECIPES[f"{_base}-fast"] = replace(RECIPES[_base], name=f"{_base}-fast", fast_accum=True)
+    for _w in (512, 1024):
+        RECIPES[f"{_base}-win{_w}"] = replace(RECIPES[_base], name=f"{_base}-win{_w}", window=_w, fast_accum=True)
 
 
 def get_recipe(name: str, **overrides) -> Recipe:

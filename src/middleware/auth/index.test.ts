@@ -3,7 +3,8 @@ import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
 import type { AppEnv } from "../../env";
 import { onError } from "../../errors";
-import { apiKeyKvKey, auth, createApiKey, sha256Hex } from ".";
+import { sha256Hex } from "../../crypto";
+import { apiKeyKvKey, auth, createApiKey } from ".";
 
 function app(memoryTtlMs = 0) {
   const a = new Hono<AppEnv>();

@@ -1,23 +1,10 @@
 import type { MiddlewareHandler } from "hono";
+import { randomHex, sha256Hex } from "../../crypto";
 import type { ApiKeyRecord, AppEnv } from "../../env";
 import { HttpError } from "../../errors";
 
 /** KV key under which an API key's record is stored: only the SHA-256 of the key is ever kept. */
 export const apiKeyKvKey = (hashHex: string) => `key:${hashHex}`;
-
-/**
- * Hex SHA-256 of an API key, as stored in KV.
- *
- * @example
- * ```ts
- * await sha256Hex("rpk_abc") // "5c2e…" (64 hex chars)
- * ```
- */
-export async function sha256Hex(data: string | Uint8Array): Promise<string> {
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 /**
  * Makes a new API key and stores its hash; returns the key, which is shown once and never stored.
@@ -39,8 +26,7 @@ export async function createApiKey(
 
 /** `rpk_` followed by 32 random bytes in hex. */
 export function newApiKey(): string {
-  const raw = crypto.getRandomValues(new Uint8Array(32));
-  return "rpk_" + [...raw].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return "rpk_" + randomHex(32);
 }
 
 export interface AuthOptions {

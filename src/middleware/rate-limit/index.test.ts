@@ -1,3 +1,4 @@
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
@@ -50,13 +51,26 @@ describe("Rate Limit Middleware", () => {
       expect(res.headers.get("x-ratelimit-limit-requests")).toBe(String(limit));
     });
 
-    it("should count what other isolates wrote to KV, and write its own count back", async () => {
+    it("should admit exactly the limit when many requests race, across separate app instances", async () => {
       const clock = { t: 4_000 * 60_000 };
-      const app = appAt(clock, 5);
-      await env.SESSIONS.put(`rl:h5:4000`, "4", { expirationTtl: 120 });
+      // Two apps stand for two isolates (or locations): they share nothing but the key's Durable Object.
+      const apps = [appAt(clock, 5), appAt(clock, 5)];
+      const res = await Promise.all(Array.from({ length: 20 }, (_, i) => apps[i % 2]!.request("/", {}, env)));
+      const statuses = res.map((r) => r.status);
+      expect(statuses.filter((s) => s === 200)).toHaveLength(5);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(15);
+      const remaining = res.filter((r) => r.status === 200).map((r) => r.headers.get("x-ratelimit-remaining-requests"));
+      expect(remaining.sort()).toEqual(["0", "1", "2", "3", "4"]);
+    });
+
+    it("should keep the count in the key's Durable Object, not in KV", async () => {
+      const clock = { t: 5_000 * 60_000 };
+      const app = appAt(clock, 7);
       expect((await app.request("/", {}, env)).status).toBe(200);
-      expect((await app.request("/", {}, env)).status).toBe(429);
-      expect(await env.SESSIONS.get(`rl:h5:4000`)).toBe("5");
+      expect((await env.SESSIONS.list({ prefix: "rl:" })).keys).toEqual([]);
+      const stub = env.RATE_COUNTERS.get(env.RATE_COUNTERS.idFromName("h7"));
+      const rows = await runInDurableObject(stub, (_o, state) => state.storage.sql.exec("SELECT window, n FROM counts").toArray());
+      expect(rows).toEqual([{ window: 5_000, n: 1 }]);
     });
   });
 });
