@@ -2,7 +2,9 @@
 // The edge model side by side in one run (same model files, same prompts, this machine):
 //   workerd            wrangler dev + bench/edge_model_worker.ts -> EdgeBackend -> onnxruntime-web wasm, 1 thread
 //   node + ort-web     the same wasm and session sequence in Node (bench/edge_node_runner.mjs)
-//   node + ort-node    onnxruntime-node's native CPU EP, 1 thread, same graphs
+//   node + ort-node    onnxruntime-node's native CPU EP, 1 thread, same graphs ("node"), and the same
+//                      weights in the MatMulNBits form ("node-nbits", .models/edge-nbits/, made here by
+//                      scripts/convert_edge_model.py --form nbits when missing): its fastest form
 // Measures time to first token and decode tokens/s (greedy), the workerd isolate's peak memory for
 // light steps (prompt of N tokens, 64 new), edge KV chunk bytes per token, and the wasm codecs'
 // decode MB/s inside workerd. Memory: V8's Runtime.getHeapUsage through the inspector, sampled every
@@ -15,7 +17,7 @@
 //
 // Writes bench/results/edge-cpu-<date>/ (edge.jsonl, README.md) and bench/results/summary/edge.json.
 import { execFileSync, spawn } from "node:child_process";
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +32,7 @@ const { values: opt } = parseArgs({
     tokens: { type: "string", default: "32" },
     runs: { type: "string", default: "2" },
     light: { type: "string", default: "64,256,512" },
-    only: { type: "string", default: "workerd,web,node" },
+    only: { type: "string", default: "workerd,web,node,node-nbits" },
     child: { type: "string" },
     // also sample the live JS heap (a forced GC before each sample; slows the steps a lot)
     live: { type: "boolean", default: false },
@@ -40,6 +42,7 @@ const { values: opt } = parseArgs({
 const TOKENS = Number(opt.tokens), RUNS = Number(opt.runs), LIGHT = opt.light.split(",").map(Number), NEW = 64;
 const manifestKey = `models/smollm2-135m-instruct-${opt.model}.json`;
 const manifestPath = join(root, ".models/edge", `smollm2-135m-instruct-${opt.model}.json`);
+const nbitsManifestPath = join(root, ".models/edge-nbits", `smollm2-135m-instruct-${opt.model}.json`);
 const MiB = (b) => b / 2 ** 20;
 const RAW_F32_PER_TOKEN = 30 * 2 * 3 * 64 * 4; // the raw-f32 chunks edge turns stored before: 46,080 bytes
 
@@ -74,7 +77,8 @@ function summary(p, stamps, start) {
 
 // ---------------------------------------------------------------- Node children (ort-web / ort-node)
 async function child(runtime) {
-  const m = await loadNodeModel({ runtime, manifest: manifestPath, threads: 1, level: "basic" });
+  const nbits = runtime === "node-nbits";
+  const m = await loadNodeModel({ runtime: nbits ? "node" : runtime, manifest: nbits ? nbitsManifestPath : manifestPath, threads: 1, level: "basic" });
   const out = [];
   for (const p of (await prompts()).speed)
     for (let r = 0; r < RUNS; r++) {
@@ -215,6 +219,11 @@ const results = {};
 if (only.has("workerd")) results.workerd = await workerd();
 if (only.has("web")) results.web = await runChild("web");
 if (only.has("node")) results.node = await runChild("node");
+if (only.has("node-nbits")) {
+  if (!existsSync(nbitsManifestPath))
+    execFileSync(join(root, "gpu-backend/.venv/bin/python"), [join(root, "scripts/convert_edge_model.py"), "--out", join(root, ".models"), "--form", "nbits", "--variants", opt.model, "--skip-verify"], { stdio: "inherit" });
+  results["node-nbits"] = await runChild("node-nbits");
+}
 const out = join(root, `bench/results/edge-cpu-${opt.date}`);
 mkdirSync(out, { recursive: true });
 for (const [runtime, r] of Object.entries(results)) appendFileSync(join(out, "edge.jsonl"), JSON.stringify({ setup, runtime, ...r, bundleLog: undefined }) + "\n");
@@ -222,13 +231,18 @@ for (const [runtime, r] of Object.entries(results)) appendFileSync(join(out, "ed
 const best = (runs, name, key, pick) => pick(...runs.filter((x) => x.prompt === name).map((x) => x[key]));
 const decode = (r) => (r ? best(r.runs, "short", "decodeTokPerS", Math.max) : null);
 const ttft = (r) => (r ? best(r.runs, "short", "ttftMs", Math.min) : null);
+const bestOf = (pick, ...xs) => (xs.some((x) => x != null) ? pick(...xs.filter((x) => x != null)) : null);
 const peak = (s) => s.memory.jsPeakMiB + s.memory.ortWasmMiB + s.memory.codecWasmMiB;
 const wd = results.workerd;
 const step512 = wd?.steps.find((s) => s.promptTokens === 512);
 const summaryJson = {
   generated_by: "bench/edge_bench.mjs", date: setup.date, host, model: opt.model,
-  edge_decode_tok_s_workerd: decode(wd), edge_decode_tok_s_ort_node: decode(results.node), edge_decode_tok_s_ort_web_node: decode(results.web),
-  ttft_ms_workerd: ttft(wd), ttft_ms_ort_node: ttft(results.node), ttft_ms_ort_web_node: ttft(results.web),
+  // the onnxruntime-node peer at its best: the faster of its two graph forms
+  edge_decode_tok_s_workerd: decode(wd), edge_decode_tok_s_ort_node: bestOf(Math.max, decode(results.node), decode(results["node-nbits"])),
+  edge_decode_tok_s_ort_node_same_graphs: decode(results.node), edge_decode_tok_s_ort_node_nbits: decode(results["node-nbits"]),
+  edge_decode_tok_s_ort_web_node: decode(results.web),
+  ttft_ms_workerd: ttft(wd), ttft_ms_ort_node: bestOf(Math.min, ttft(results.node), ttft(results["node-nbits"])),
+  ttft_ms_ort_node_same_graphs: ttft(results.node), ttft_ms_ort_node_nbits: ttft(results["node-nbits"]), ttft_ms_ort_web_node: ttft(results.web),
   peak_isolate_MB_512: step512 ? (peak(step512) * 2 ** 20) / 1e6 : null,
   peak_isolate_MiB_512: step512 ? peak(step512) : null,
   edge_chunk_bytes_per_token: step512 ? step512.kvBytes / step512.chunkTokens : null,

@@ -5,7 +5,7 @@ run it, for bench/edge_op_forms.mjs to time in onnxruntime-web (wasm) and onnxru
 
 Each form computes x [1, S, K] @ W^T from the same random Q4_1 blocks (W = d*q + m per 32 along K).
 Forms and the bits each weight keeps resident:
-  nbits        MatMulNBits 4-bit + offset MatMul: today's q4_1_linear (scripts/edge_model/graph_layers.py)   5
+  nbits        MatMulNBits 4-bit + offset MatMul: q4_1_linear_nbits (scripts/edge_model/graph_layers.py)     5
   nbits-acc4   the same with accuracy_level=4 (int8 compute where the platform has the kernel)           5
   nbits-sym    MatMulNBits alone (no offset term: what symmetric 4-bit blocks would cost)               4.5
   nbits-b64, nbits-b128, nbits-b256
@@ -17,7 +17,7 @@ Forms and the bits each weight keeps resident:
   dql-u4       DequantizeLinear (opset 21) of uint4 [K, N] in blocks of 32 along K, zero point 8, then
                MatMul, + the same offset MatMul: the Q4_1 blocks exactly, dequantized by a plain op   5
   cast-u4      uint4 [K, N] Cast to float32 per run, times d per block of 32 along K (broadcast Mul),
-               MatMul, + blocksum(x) . m: the Q4_1 blocks exactly, with plain elementwise ops         5
+               MatMul, + blocksum(x) . m: q4_1_linear_cast, the Q4_1 blocks exactly                   5
   f16          float16 weight, Cast to float32 per run, MatMul                                          16
   f32          float32 weight, MatMul (the speed bound)                                                 32
 Not exact forms of the GGUF weights beyond nbits/nbits-acc4: this measures kernel speed only.
@@ -33,7 +33,7 @@ from onnx import TensorProto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from edge_model.graph import Graph  # noqa: E402
-from edge_model.graph_layers import q4_1_linear  # noqa: E402
+from edge_model.graph_layers import q4_1_linear_cast, q4_1_linear_nbits  # noqa: E402
 
 K, N, BLOCK = 576, 1536, 32
 
@@ -86,7 +86,7 @@ def build(form: str, parts) -> onnx.ModelProto:
     x = g.input("x", TensorProto.FLOAT, [1, "S", K])
     packed, d, m = parts
     if form in ("nbits", "nbits-acc4"):
-        y = q4_1_linear(g, x, "w", parts, K)
+        y = q4_1_linear_nbits(g, x, "w", parts, K)
         if form == "nbits-acc4":
             next(n for n in g.nodes if n.op_type == "MatMulNBits").attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
     elif form == "nbits-sym":
@@ -121,14 +121,7 @@ def build(form: str, parts) -> onnx.ModelProto:
         sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, K // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
         y = g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, g.init("w.off", off)])])
     elif form == "cast-u4":
-        q = np.empty((N, K // BLOCK, BLOCK), np.uint8)
-        q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
-        flat = np.ascontiguousarray(q.reshape(N, K).T).reshape(-1)  # [K, N]
-        g.inits.append(onnx.helper.make_tensor("w.q4", TensorProto.UINT4, [K // BLOCK, BLOCK, N], (flat[0::2] | (flat[1::2] << 4)).tobytes(), raw=True))
-        dt = g.node("Cast", [g.init("w.d", np.ascontiguousarray(d.T)[:, None, :])], to=TensorProto.FLOAT)  # [K/32, 1, N]
-        w = g.node("Reshape", [g.node("Mul", [g.node("Cast", ["w.q4"], to=TensorProto.FLOAT), dt]), g.const([K, N])])
-        sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, K // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
-        y = g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, g.init("w.m", np.ascontiguousarray(m.T).astype(np.float32))])])
+        y = q4_1_linear_cast(g, x, "w", parts, K)
     elif form == "f16":
         y = g.node("MatMul", [x, g.node("Cast", [g.init("w", dense(*parts).T.astype(np.float16).copy())], to=TensorProto.FLOAT)])
     elif form == "f32":
@@ -138,7 +131,7 @@ def build(form: str, parts) -> onnx.ModelProto:
     g.nodes[-1].output[0] = "y"
     g.output("y", TensorProto.FLOAT, [1, "S", N])
     model = g.model(form)
-    if form in ("dql-u4", "cast-u4"):  # blocked, 4-bit DequantizeLinear is opset 21 (IR 10)
+    if form in ("dql-u4", "cast-u4"):  # uint4 tensors are opset 21 (IR 10)  # blocked, 4-bit DequantizeLinear is opset 21 (IR 10)
         model.opset_import[0].version, model.ir_version = 21, 10
     return model
 

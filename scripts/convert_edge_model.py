@@ -66,14 +66,15 @@ def step_hf(hf_dir: Path, force: bool) -> None:
     log(f"hf: wrote {sorted(os.listdir(hf_dir))}")
 
 
-def step_onnx(hf_dir: Path, out: Path, variants: list[str], force: bool) -> None:
+def step_onnx(hf_dir: Path, out: Path, variants: list[str], force: bool, form: str = "cast") -> None:
     from edge_model.graph_head import build_head
     from edge_model.graph_layers import build_layers
 
     d = out / files.MODEL
     wanted = [files.layers_file(a, b) for a, b in files.groups()] + [files.head_file(v) for v in variants]
     if not force and all((d / w).exists() and (d / (w + ".data")).exists() for w in wanted) and \
-            all((out / f"{files.stem(v)}.json").exists() for v in variants):
+            all((out / f"{files.stem(v)}.json").exists() and
+                json.loads((out / f"{files.stem(v)}.json").read_text()).get("linear", "nbits") == form for v in variants):
         log(f"onnx: {d} exists, skipped")
         return
     from safetensors.torch import load_file
@@ -81,12 +82,12 @@ def step_onnx(hf_dir: Path, out: Path, variants: list[str], force: bool) -> None
     log("onnx: repacking GGUF blocks (every weight checked against HF fp32)")
     w = weights.load_gguf(load_file(hf_dir / "model.safetensors"))
     for a, b in files.groups():
-        files.save_graph(build_layers(w, a, b), d / files.layers_file(a, b))
+        files.save_graph(build_layers(w, a, b, form), d / files.layers_file(a, b))
     for v in variants:
         table = VARIANTS[v]
         head_q = w["embed"] if table == "q8" else weights.requantize_q4_1(weights.q8_dequant(*w["embed"]))
-        files.save_graph(build_head(w, table, head_q), d / files.head_file(v))
-        m = files.write_manifest(out, v)
+        files.save_graph(build_head(w, table, head_q, form), d / files.head_file(v))
+        m = files.write_manifest(out, v, form)
         size = sum(f["bytes"] for f in json.loads(m.read_text())["files"])
         log(f"onnx: {m.name}: {size / 2**20:.1f} MiB in {len(files.groups()) + 1} sessions")
 
@@ -160,12 +161,14 @@ def main() -> None:
     ap.add_argument("--min-agreement", type=float, default=0.9, help="minimum teacher-forced top-1 agreement vs HF fp32")
     ap.add_argument("--full-verify", action="store_true", help="also compare every variant with HF fp32 and q41h with q8h")
     ap.add_argument("--skip-verify", action="store_true")
+    ap.add_argument("--form", choices=list(files.FORMS), default="cast",
+                    help="how the graphs dequantize (files.FORMS); a form other than cast goes to <out>/edge-<form>/")
     args = ap.parse_args()
     variants = args.variants.split(",")
-    hf_dir, edge_dir = args.out / "hf", args.out / "edge"
+    hf_dir, edge_dir = args.out / "hf", args.out / ("edge" if args.form == "cast" else f"edge-{args.form}")
     t0 = time.time()
     step_hf(hf_dir, args.force)
-    step_onnx(hf_dir, edge_dir, variants, args.force)
+    step_onnx(hf_dir, edge_dir, variants, args.force, args.form)
     write_tokenizer_file(hf_dir / "tokenizer.json", edge_dir / "tokenizer.bin")
     if not args.skip_verify:
         step_verify(hf_dir, edge_dir, variants, args.full_verify, args.write_fixtures, args.min_agreement)

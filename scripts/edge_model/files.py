@@ -23,6 +23,10 @@ VARIANTS = {  # name -> lm_head/embedding table; the decoder layers are the GGUF
     "q41h": "q41",  # the table requantized to Q4_1 blocks: 14 MB less resident, not the exact GGUF head
     "q8h": "q8",  # the GGUF's Q8_0 table: exact, 14 MB more resident
 }
+FORMS = {  # how the graphs turn the stored blocks into float32 weights on each run (same bytes resident)
+    "cast": "Cast + Mul, then MatMul/Gemm: the fastest form in onnxruntime-web's wasm build (the edge's)",
+    "nbits": "MatMulNBits: onnxruntime-node's fast kernel; in wasm it dequantizes 3x slower (the bench's peer)",
+}
 GROUP = 6  # layers per session: 5 decoder sessions of ~13 MB, below the head's .data (the staging size)
 
 
@@ -60,7 +64,7 @@ def layers_file(a: int, b: int) -> str:
     return f"layers-{a:02d}-{b:02d}.onnx"
 
 
-def write_manifest(out: Path, variant: str) -> Path:
+def write_manifest(out: Path, variant: str, form: str = "cast") -> Path:
     """Manifest of the files written under out/<MODEL>/ (sizes and SHA-256 read back from disk)."""
     d = out / MODEL
     sessions = [{"name": "head", "graph": head_file(variant)}] + [
@@ -71,7 +75,7 @@ def write_manifest(out: Path, variant: str) -> Path:
             files.append({"name": name, "bytes": (d / name).stat().st_size, "sha256": sha256_file(d / name)})
     manifest = {
         "format": "reprise-edge-model", "version": 1, "model": MODEL, "variant": variant, "head": VARIANTS[variant],
-        "kv": "bf16-in-f16", "layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "hidden": HIDDEN, "vocab": VOCAB,
+        "linear": form, "kv": "bf16-in-f16", "layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "hidden": HIDDEN, "vocab": VOCAB,
         "runtime": ORT_WEB_TAG, "dir": MODEL, "sessions": sessions, "files": files,
         "staging_bytes": max(f["bytes"] for f in files if f["name"].endswith(".data")),
     }

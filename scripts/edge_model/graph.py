@@ -16,8 +16,9 @@ ROPE_THETA = 100000.0
 class Graph:
     """node() returns its output name; init() registers a constant; inputs/outputs collect value infos."""
 
-    def __init__(self):
+    def __init__(self, opset: int = 17):
         self.nodes, self.inits, self.inputs, self.outputs, self.n = [], [], [], [], 0
+        self.opset = opset  # 21 for graphs with 4-bit tensors (uint4 Cast needs opset 21, IR 10)
 
     def init(self, name: str, arr: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
@@ -42,15 +43,17 @@ class Graph:
 
     def model(self, name: str):
         graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset), helper.make_opsetid("com.microsoft", 1)],
                               producer_name="reprise scripts/convert_edge_model.py")
-        m.ir_version = 8
+        m.ir_version = 10 if self.opset >= 21 else 8
         return m
 
     # ------------------------------------------------------------------ shared pieces
     def rms(self, x: str, weight: np.ndarray, name: str) -> str:
         """HF LlamaRMSNorm in float32: x * 1/sqrt(mean(x^2) + eps) * w (w becomes an initializer `name`)."""
-        var = self.node("ReduceMean", [self.node("Mul", [x, x])], axes=[-1], keepdims=1)
+        sq = self.node("Mul", [x, x])
+        var = (self.node("ReduceMean", [sq], axes=[-1], keepdims=1) if self.opset < 18  # axes became an input in opset 18
+               else self.node("ReduceMean", [sq, self.const([-1])], keepdims=1))
         inv = self.node("Reciprocal", [self.node("Sqrt", [self.node("Add", [var, self.const(RMS_EPS, np.float32)])])])
         return self.node("Mul", [self.node("Mul", [x, inv]), self.init(name, weight)])
 

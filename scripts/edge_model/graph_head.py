@@ -7,8 +7,10 @@ Interface:
 An If node runs only the branch asked for (onnxruntime evaluates every node a graph has, whatever
 the fetches, so the two ends cannot simply be two outputs).
 
-ort-web's wasm MatMulNBits dequantizes all of B to float32 on every call, so the table is cut into
-VOCAB/SLICE row slices: a 2048-row slice needs a 4.7 MB temporary, the whole table would need 113 MB.
+The table is dequantized to float32 on every call (by MatMulNBits for q41, by Cast and Mul for q8:
+ort-web's wasm MatMulNBits does it block by block, several times slower, see
+bench/results/edge-op-forms-*), so it is cut into VOCAB/SLICE row slices: a 2048-row slice needs a
+4.7 MB temporary, the whole table would need 113 MB.
 """
 from __future__ import annotations
 
@@ -24,15 +26,20 @@ SLICE = 2048  # vocab rows per slice (VOCAB is a multiple)
 def _branch(g: Graph, k: int):
     """A subgraph with unique node names whose constants go to g (an If branch reads them from the
     outer scope; ort-web cannot load a subgraph's own external-data initializers from memory)."""
-    sub = Graph()
+    sub = Graph(opset=g.opset)
     sub.n = g.n + 1_000_000 * k
     sub.inits = g.inits
     return sub
 
 
-def build_head(weights: dict, table: str, parts: tuple):
-    """table "q8": parts = (uint8 q+128 [VOCAB, 18, 32], d float16 [VOCAB, 18]) -- the GGUF's Q8_0, exact;
-    table "q41": parts = (packed uint8 [VOCAB, 18, 16], d float16, m float16) -- Q4_1-style blocks."""
+def build_head(weights: dict, table: str, parts: tuple, form: str = "cast"):
+    """table "q8": parts = (int8 q [VOCAB, 18, 32], d float16 [VOCAB, 18]) -- the GGUF's Q8_0, exact;
+    table "q41": parts = (packed uint8 [VOCAB, 18, 16], d float16, m float16) -- Q4_1-style blocks.
+    form (q8 only; q41 is always MatMulNBits): "cast" keeps int8 and dequantizes with Cast and Mul,
+    "nbits" keeps uint8 q+128 for an 8-bit MatMulNBits (onnxruntime-node's fast kernel)."""
+    nbits8 = table == "q8" and form == "nbits"
+    if nbits8:
+        parts = ((parts[0].astype(np.int16) + 128).astype(np.uint8), parts[1])
     g = Graph()
     f32 = TensorProto.FLOAT
     g.input("input_ids", TensorProto.INT64, [1, "S"])
@@ -66,7 +73,8 @@ def build_head(weights: dict, table: str, parts: tuple):
             m = e.node("Unsqueeze", [e.node("Cast", [e.node("Gather", [names[2], idx], axis=0)], to=f32), e.const([-1])])
             vals = e.node("Add", [e.node("Mul", [q, d]), m])
         else:
-            vals = e.node("Mul", [e.node("Sub", [e.node("Cast", [rows], to=f32), e.const(128.0, np.float32)]), d])
+            q = e.node("Cast", [rows], to=f32)
+            vals = e.node("Mul", [e.node("Sub", [q, e.const(128.0, np.float32)]) if nbits8 else q, d])
         vals = e.node("Reshape", [vals, e.const([1, -1, HIDDEN])])
         x = vals if x is None else e.node("Where", [e.node("Unsqueeze", [mine, e.const([-1])]), vals, x])
     e.node("Identity", [x], ["embeds"])
@@ -83,10 +91,23 @@ def build_head(weights: dict, table: str, parts: tuple):
             off = lg.node("Add", [lg.node("Cast", [names[2]], to=f32), lg.node("Mul", [d, lg.const(8.0, np.float32)])])
             sums = lg.node("ReduceSum", [lg.node("Reshape", [h, lg.const([1, -1, nb, BLOCK])]), lg.const([-1])], keepdims=0)
             outs.append(lg.node("Add", [main, lg.node("MatMul", [sums, lg.node("Transpose", [off], perm=[1, 0])])]))
-        else:
+        elif nbits8:
             outs.append(lg.node("MatMulNBits", [h, names[0], lg.node("Reshape", [d, lg.const([-1])])], domain="com.microsoft",
                                 K=HIDDEN, N=SLICE, bits=8, block_size=BLOCK))
-    lg.node("Concat", outs, ["logits"], axis=-1)
+        else:  # d*q per block by Cast and Mul (a 4.7 MB float32 temporary), then h @ W^T (Gemm reads W transposed).
+            # The table slice goes through a Reshape whose shape is computed from the previous slice's
+            # logits (a 1.2 MB copy), so that ort dequantizes one slice at a time instead of several
+            # ahead (graph_layers.q4_1_linear_cast says why; DequantizeLinear is 3x slower on int8 here).
+            after = outs[-1] if outs else h
+            one = lg.node("Cast", [lg.node("Greater", [lg.shape_dim(after, 1), lg.const(0)])], to=TensorProto.INT64)
+            q = lg.node("Reshape", [names[0], lg.node("Mul", [lg.const([SLICE, nb, BLOCK]), one])])
+            w = lg.node("Reshape", [lg.node("Mul", [lg.node("Cast", [q], to=f32), lg.node("Unsqueeze", [d, lg.const([-1])])]),
+                                    lg.const([SLICE, HIDDEN])])
+            outs.append(lg.node("Gemm", [lg.node("Reshape", [h, lg.const([1, HIDDEN])]), w], transB=1))
+    if table == "q8" and not nbits8:
+        lg.node("Reshape", [lg.node("Concat", outs, axis=-1), lg.const([1, 1, VOCAB])], ["logits"])
+    else:
+        lg.node("Concat", outs, ["logits"], axis=-1)
 
     def subgraph(b: Graph, out: str):
         return helper.make_graph(b.nodes, f"head_{out}", [], [helper.make_tensor_value_info(out, f32, [1, "rows", "cols"])])

@@ -9,14 +9,50 @@ the rows before them."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .graph import Graph
 from .weights import BLOCK, FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS
 
 
-def q4_1_linear(g: Graph, x: str, name: str, parts, k: int) -> str:
-    """x @ W^T for a Q4_1 weight, W = d*(q - 8) + (m + 8d) per block of 32 along K.
+def uint4_init(g: Graph, name: str, q: np.ndarray) -> str:
+    """A uint4 initializer of the values q (0..15, any shape with an even size), two per byte, the
+    first element in the low nibble (ONNX's 4-bit packing)."""
+    flat = np.ascontiguousarray(q, np.uint8).reshape(-1)
+    g.inits.append(helper.make_tensor(name, TensorProto.UINT4, list(q.shape), (flat[0::2] | (flat[1::2] << 4)).tobytes(), raw=True))
+    return name
+
+
+def q4_1_linear_cast(g: Graph, x: str, name: str, parts, k: int, after: str | None = None) -> str:
+    """Form "cast" (the edge's: the fastest in ort-web's wasm build): x @ W^T for a Q4_1 weight,
+    W[n, k] = d*q + m per block of 32 along K (ggml's own formula).
+
+    The 4-bit values stay resident as uint4 [K, N] and d, m as float16 (5 bits per weight). Per run
+    DequantizeLinear (blocks of 32 along K, no zero point) writes d*q as a float32 temporary, then one
+    float32 MatMul; the m term is blocksum(x) @ m, a K/32-deep MatMul. MatMulNBits keeps the same
+    bytes, but its wasm fallback dequantizes block by block at ~13 ns per weight, 3x slower
+    (bench/results/edge-op-forms-*). The scale is multiplied by a 1.0 computed from `after` (x, or
+    the output of the Linear that must finish first, for two Linears of one input): that makes the
+    dequantization wait, so ort runs it right before its MatMul; without it ort's order dequantizes
+    several Linears ahead and holds their float32 copies at once (+15 MiB per group run). Constant folding stays off (onnx-session.ts), which keeps the float32 copy a
+    temporary instead of 32 bits per weight resident.
+    """
+    packed, d16, m16 = parts
+    n, nb = d16.shape
+    q = np.empty((n, nb, BLOCK), np.uint8)
+    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4  # MatMulNBits packing: even element low
+    qt = uint4_init(g, name + ".q", q.reshape(n, k).T)  # [K, N]
+    one = g.node("Cast", [g.node("Greater", [g.shape_dim(after or x, 2), g.const(0)])], to=TensorProto.FLOAT)  # 1.0, once `after` exists
+    d = g.node("Mul", [g.node("Cast", [g.init(name + ".d", np.ascontiguousarray(d16.T))], to=TensorProto.FLOAT), one])  # [K/32, N]
+    w = g.node("DequantizeLinear", [qt, d], axis=0, block_size=BLOCK)  # [K, N] float32
+    m = g.node("Cast", [g.init(name + ".m", np.ascontiguousarray(m16.T))], to=TensorProto.FLOAT)  # [K/32, N]
+    sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, k // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
+    return g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, m])])
+
+
+def q4_1_linear_nbits(g: Graph, x: str, name: str, parts, k: int, after: str | None = None) -> str:
+    """Form "nbits" (onnxruntime-node's fast one, the bench's peer): x @ W^T for a Q4_1 weight,
+    W = d*(q - 8) + (m + 8d) per block of 32 along K.
 
     MatMulNBits(x, q, d) gives the first term; the second is sum over blocks of blocksum(x) * (m + 8d),
     one small float32 MatMul. d and m stay float16 initializers and are widened per run (reads N*K/16
@@ -36,9 +72,13 @@ def q4_1_linear(g: Graph, x: str, name: str, parts, k: int) -> str:
     return g.node("Add", [main, g.node("MatMul", [sums, off_t])])
 
 
-def build_layers(weights: dict, first: int, last: int):
-    """ONNX model of layers [first, last)."""
-    g = Graph()
+LINEAR = {"cast": q4_1_linear_cast, "nbits": q4_1_linear_nbits}  # form -> builder (files.FORMS)
+
+
+def build_layers(weights: dict, first: int, last: int, form: str = "cast"):
+    """ONNX model of layers [first, last), its Linears in `form`."""
+    q4_1_linear = LINEAR[form]
+    g = Graph(opset=21)
     f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     x = g.input("hidden", f32, [1, "S", HIDDEN])
     pos = g.input("position_ids", TensorProto.INT64, [1, "S"])
@@ -75,7 +115,8 @@ def build_layers(weights: dict, first: int, last: int):
         ctx = g.node("Reshape", [g.node("Transpose", [ctx], perm=[0, 2, 1, 3]), g.const([1, -1, HIDDEN])])
         x = g.node("Add", [x, q4_1_linear(g, ctx, p + "o", L["o"], HIDDEN)])
         h = g.rms(x, L["ffn_norm"], p + "ffn_norm")
-        gate, up = q4_1_linear(g, h, p + "gate", L["gate"], HIDDEN), q4_1_linear(g, h, p + "up", L["up"], HIDDEN)
+        gate = q4_1_linear(g, h, p + "gate", L["gate"], HIDDEN)
+        up = q4_1_linear(g, h, p + "up", L["up"], HIDDEN, after=gate)  # one float32 weight at a time
         act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])  # SiLU(gate) * up
         x = g.node("Add", [x, q4_1_linear(g, act, p + "down", L["down"], FFN)])
     g.node("Identity", [x], ["hidden_out"])

@@ -65,15 +65,14 @@ def nbits_dequant(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray | No
 
 
 def q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q8_0 rows [N, nb*34 bytes] -> (uint8 q+128 [N, nb, 32], d float16 [N, nb]); value d*q."""
+    """Q8_0 rows [N, nb*34 bytes] -> (int8 q [N, nb, 32], d float16 [N, nb]); value d*q."""
     blocks = raw.reshape(raw.shape[0], -1, 34)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
-    q = blocks[..., 2:34].copy().view(np.int8).astype(np.int16) + 128
-    return q.astype(np.uint8), d
+    return blocks[..., 2:34].copy().view(np.int8), d
 
 
 def q8_dequant(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return ((q.astype(np.float32) - 128) * d.astype(np.float32)[..., None]).reshape(q.shape[0], -1)
+    return (q.astype(np.float32) * d.astype(np.float32)[..., None]).reshape(q.shape[0], -1)
 
 
 def requantize_q4_1(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +98,7 @@ def unpermute_rows(x: np.ndarray, n_head: int) -> np.ndarray:
 
 def load_gguf(check_against: dict | None = None) -> dict:
     """Read the GGUF: per layer {qkv, o, gate, up, down: (packed, d16, m16), attn_norm, ffn_norm},
-    embed (q8 uint8, d16), norm. With check_against (HF fp32 state dict), every weight is compared."""
+    embed (q8 int8, d16), norm. With check_against (HF fp32 state dict), every weight is compared."""
     import gguf
 
     reader = gguf.GGUFReader(gguf_path())
