@@ -17,7 +17,7 @@ Forms and the bits each weight keeps resident:
   dql-u4       DequantizeLinear (opset 21) of uint4 [K, N] in blocks of 32 along K, zero point 8, then
                MatMul, + the same offset MatMul: the Q4_1 blocks exactly, dequantized by a plain op   5
   cast-u4      uint4 [K, N] Cast to float32 per run, times d per block of 32 along K (broadcast Mul),
-               MatMul, + blocksum(x) . m: q4_1_linear_cast, the Q4_1 blocks exactly                   5
+               MatMul, + blocksum(x) . m: q4_1_linear_dequant, the Q4_1 blocks exactly                   5
   f16          float16 weight, Cast to float32 per run, MatMul                                          16
   f32          float32 weight, MatMul (the speed bound)                                                 32
 Not exact forms of the GGUF weights beyond nbits/nbits-acc4: this measures kernel speed only.
@@ -33,7 +33,7 @@ from onnx import TensorProto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from edge_model.graph import Graph  # noqa: E402
-from edge_model.graph_layers import q4_1_linear_cast, q4_1_linear_nbits  # noqa: E402
+from edge_model.graph_layers import q4_1_linear_dequant, q4_1_linear_nbits  # noqa: E402
 
 K, N, BLOCK = 576, 1536, 32
 
@@ -121,7 +121,7 @@ def build(form: str, parts) -> onnx.ModelProto:
         sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, K // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
         y = g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, g.init("w.off", off)])])
     elif form == "cast-u4":
-        y = q4_1_linear_cast(g, x, "w", parts, K)
+        y = q4_1_linear_dequant(g, x, "w", parts, K)
     elif form == "f16":
         y = g.node("MatMul", [x, g.node("Cast", [g.init("w", dense(*parts).T.astype(np.float16).copy())], to=TensorProto.FLOAT)])
     elif form == "f32":

@@ -66,7 +66,7 @@ def step_hf(hf_dir: Path, force: bool) -> None:
     log(f"hf: wrote {sorted(os.listdir(hf_dir))}")
 
 
-def step_onnx(hf_dir: Path, out: Path, variants: list[str], force: bool, form: str = "cast") -> None:
+def step_onnx(hf_dir: Path, out: Path, variants: list[str], force: bool, form: str = "dequant") -> None:
     from edge_model.graph_head import build_head
     from edge_model.graph_layers import build_layers
 
@@ -161,11 +161,11 @@ def main() -> None:
     ap.add_argument("--min-agreement", type=float, default=0.9, help="minimum teacher-forced top-1 agreement vs HF fp32")
     ap.add_argument("--full-verify", action="store_true", help="also compare every variant with HF fp32 and q41h with q8h")
     ap.add_argument("--skip-verify", action="store_true")
-    ap.add_argument("--form", choices=list(files.FORMS), default="cast",
-                    help="how the graphs dequantize (files.FORMS); a form other than cast goes to <out>/edge-<form>/")
+    ap.add_argument("--form", choices=list(files.FORMS), default="dequant",
+                    help="how the graphs dequantize (files.FORMS); a form other than dequant goes to <out>/edge-<form>/")
     args = ap.parse_args()
     variants = args.variants.split(",")
-    hf_dir, edge_dir = args.out / "hf", args.out / ("edge" if args.form == "cast" else f"edge-{args.form}")
+    hf_dir, edge_dir = args.out / "hf", args.out / ("edge" if args.form == "dequant" else f"edge-{args.form}")
     t0 = time.time()
     step_hf(hf_dir, args.force)
     step_onnx(hf_dir, edge_dir, variants, args.force, args.form)

@@ -24,8 +24,9 @@ VARIANTS = {  # name -> lm_head/embedding table; the decoder layers are the GGUF
     "q8h": "q8",  # the GGUF's Q8_0 table: exact, 14 MB more resident
 }
 FORMS = {  # how the graphs turn the stored blocks into float32 weights on each run (same bytes resident)
-    "cast": "Cast + Mul, then MatMul/Gemm: the fastest form in onnxruntime-web's wasm build (the edge's)",
-    "nbits": "MatMulNBits: onnxruntime-node's fast kernel; in wasm it dequantizes 3x slower (the bench's peer)",
+    "dequant": "plain ONNX ops (DequantizeLinear of uint4; Cast and Mul of the int8 head), then MatMul/Gemm: "
+               "the fastest form in onnxruntime-web's wasm build (the edge's)",
+    "nbits": "MatMulNBits: onnxruntime-node's fast kernel; ort-web's wasm fallback of it is 2-5x slower (the bench's peer)",
 }
 GROUP = 6  # layers per session: 5 decoder sessions of ~13 MB, below the head's .data (the staging size)
 
@@ -64,7 +65,7 @@ def layers_file(a: int, b: int) -> str:
     return f"layers-{a:02d}-{b:02d}.onnx"
 
 
-def write_manifest(out: Path, variant: str, form: str = "cast") -> Path:
+def write_manifest(out: Path, variant: str, form: str = "dequant") -> Path:
     """Manifest of the files written under out/<MODEL>/ (sizes and SHA-256 read back from disk)."""
     d = out / MODEL
     sessions = [{"name": "head", "graph": head_file(variant)}] + [

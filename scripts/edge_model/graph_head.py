@@ -32,10 +32,10 @@ def _branch(g: Graph, k: int):
     return sub
 
 
-def build_head(weights: dict, table: str, parts: tuple, form: str = "cast"):
+def build_head(weights: dict, table: str, parts: tuple, form: str = "dequant"):
     """table "q8": parts = (int8 q [VOCAB, 18, 32], d float16 [VOCAB, 18]) -- the GGUF's Q8_0, exact;
     table "q41": parts = (packed uint8 [VOCAB, 18, 16], d float16, m float16) -- Q4_1-style blocks.
-    form (q8 only; q41 is always MatMulNBits): "cast" keeps int8 and dequantizes with Cast and Mul,
+    form (q8 only; q41 is always MatMulNBits): "dequant" keeps int8 and dequantizes with Cast and Mul,
     "nbits" keeps uint8 q+128 for an 8-bit MatMulNBits (onnxruntime-node's fast kernel)."""
     nbits8 = table == "q8" and form == "nbits"
     if nbits8:
@@ -97,7 +97,7 @@ def build_head(weights: dict, table: str, parts: tuple, form: str = "cast"):
         else:  # d*q per block by Cast and Mul (a 4.7 MB float32 temporary), then h @ W^T (Gemm reads W transposed).
             # The table slice goes through a Reshape whose shape is computed from the previous slice's
             # logits (a 1.2 MB copy), so that ort dequantizes one slice at a time instead of several
-            # ahead (graph_layers.q4_1_linear_cast says why; DequantizeLinear is 3x slower on int8 here).
+            # ahead (graph_layers.q4_1_linear_dequant says why; DequantizeLinear is 3x slower on int8 here).
             after = outs[-1] if outs else h
             one = lg.node("Cast", [lg.node("Greater", [lg.shape_dim(after, 1), lg.const(0)])], to=TensorProto.INT64)
             q = lg.node("Reshape", [names[0], lg.node("Mul", [lg.const([SLICE, nb, BLOCK]), one])])

@@ -23,8 +23,8 @@ def uint4_init(g: Graph, name: str, q: np.ndarray) -> str:
     return name
 
 
-def q4_1_linear_cast(g: Graph, x: str, name: str, parts, k: int, after: str | None = None) -> str:
-    """Form "cast" (the edge's: the fastest in ort-web's wasm build): x @ W^T for a Q4_1 weight,
+def q4_1_linear_dequant(g: Graph, x: str, name: str, parts, k: int, after: str | None = None) -> str:
+    """Form "dequant" (the edge's: the fastest in ort-web's wasm build): x @ W^T for a Q4_1 weight,
     W[n, k] = d*q + m per block of 32 along K (ggml's own formula).
 
     The 4-bit values stay resident as uint4 [K, N] and d, m as float16 (5 bits per weight). Per run
@@ -72,10 +72,10 @@ def q4_1_linear_nbits(g: Graph, x: str, name: str, parts, k: int, after: str | N
     return g.node("Add", [main, g.node("MatMul", [sums, off_t])])
 
 
-LINEAR = {"cast": q4_1_linear_cast, "nbits": q4_1_linear_nbits}  # form -> builder (files.FORMS)
+LINEAR = {"dequant": q4_1_linear_dequant, "nbits": q4_1_linear_nbits}  # form -> builder (files.FORMS)
 
 
-def build_layers(weights: dict, first: int, last: int, form: str = "cast"):
+def build_layers(weights: dict, first: int, last: int, form: str = "dequant"):
     """ONNX model of layers [first, last), its Linears in `form`."""
     q4_1_linear = LINEAR[form]
     g = Graph(opset=21)
