@@ -154,10 +154,21 @@ async function timed(fn) {
   return { ms: performance.now() - t0, r };
 }
 
+/**
+ * POST, retried once when the connection was closed under it: workerd closes a connection idle for
+ * 5 s, undici may reuse it for the next request, and fetch does not retry a POST (EPIPE or "other
+ * side closed"). These endpoints are idempotent, so a second try is safe.
+ */
+async function post(url, body) {
+  try {
+    return await fetch(url, { method: "POST", body });
+  } catch (err) {
+    if (!["EPIPE", "ECONNRESET", "UND_ERR_SOCKET"].includes(err?.cause?.code)) throw err;
+    return await fetch(url, { method: "POST", body });
+  }
+}
+
 async function codecRates(w) {
-  const base = await timed(async () => (await fetch(`${w.base}/codec?reps=0`, { method: "POST" })).json());
-  const edge = await timed(async () => (await fetch(`${w.base}/codec?reps=3`, { method: "POST" })).json());
-  const edgeMBps = (3 * edge.r.values * 2) / 1e6 / ((edge.ms - base.ms) / 1000);
   // spec-v1: a realistic-size chunk from the Python reference (random KV, 2 layers x 3 heads x 256 tokens x 64)
   const dir = mkdtempSync(join(os.tmpdir(), "spec-"));
   execFileSync(join(root, "gpu-backend/.venv/bin/python"), ["-c", `
@@ -171,9 +182,12 @@ u = x.view(np.uint32).astype(np.uint64); bits = ((u + 0x7FFF + ((u >> 16) & 1)) 
 open(sys.argv[1] + "/chunk", "wb").write(encode_chunk(bits, pred, fingerprint="bench", token_start=0) + pred.tobytes())
 `, dir], { cwd: join(root, "gpu-backend") });
   const body = readFileSync(join(dir, "chunk"));
+  const base = await timed(async () => (await post(`${w.base}/codec?reps=0`)).json());
+  const edge = await timed(async () => (await post(`${w.base}/codec?reps=3`)).json());
+  const edgeMBps = (3 * edge.r.values * 2) / 1e6 / ((edge.ms - base.ms) / 1000);
   const q = "L=2&KH=3&D=64&t0=0&t1=256&fp=bench";
-  const s0 = await timed(async () => (await fetch(`${w.base}/spec?reps=0&${q}`, { method: "POST", body })).json());
-  const s1 = await timed(async () => (await fetch(`${w.base}/spec?reps=3&${q}`, { method: "POST", body })).json());
+  const s0 = await timed(async () => (await post(`${w.base}/spec?reps=0&${q}`, body)).json());
+  const s1 = await timed(async () => (await post(`${w.base}/spec?reps=3&${q}`, body)).json());
   return {
     edgeKv: { status: edge.r.status, MBps: edgeMBps, values: edge.r.values },
     specV1: { status: s1.r.status, MBps: (3 * s1.r.values * 2) / 1e6 / ((s1.ms - s0.ms) / 1000), values: s1.r.values },
@@ -253,9 +267,22 @@ const summaryJson = {
 mkdirSync(join(root, "bench/results/summary"), { recursive: true });
 writeFileSync(join(root, "bench/results/summary/edge.json"), JSON.stringify(summaryJson, null, 1) + "\n");
 console.log(JSON.stringify(summaryJson, null, 1));
-if (wd) {
-  console.log("\n| light step | TTFT (ms) | decode (tok/s) | JS heap + ArrayBuffers peak (MiB) | ort wasm (MiB) | codec wasm (MiB) | isolate peak (MiB / MB) | chunk (bytes/token) |");
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const s of wd.steps)
-    console.log(`| ${s.promptTokens} + ${NEW} | ${Math.round(s.ttftMs)} | ${s.decodeTokPerS?.toFixed(2)} | ${s.memory.jsPeakMiB.toFixed(1)} (${s.memory.jsSamples} samples) | ${s.memory.ortWasmMiB.toFixed(1)} | ${s.memory.codecWasmMiB.toFixed(1)} | ${peak(s).toFixed(1)} / ${((peak(s) * 2 ** 20) / 1e6).toFixed(1)} | ${Math.round(s.kvBytes / s.chunkTokens)} |`);
+// README.md of the run: command, machine, the side-by-side speed table and the light steps
+const md = [`# Edge model side by side (${setup.date.slice(0, 10)})`, "",
+  `- Command: \`node bench/edge_bench.mjs ${process.argv.slice(2).join(" ")}\``, `- Host: ${host}, Node ${process.version}, load average at start ${setup.load.map((x) => x.toFixed(2)).join(" ")}`,
+  `- Model: ${opt.model} (manifest .models/edge/smollm2-135m-instruct-${opt.model}.json); greedy, ${TOKENS} tokens, best of ${RUNS}; raw results in edge.jsonl`, "",
+  "| runtime | graphs | TTFT short (ms) | decode short (tok/s) | TTFT long (ms) | decode long (tok/s) |", "| --- | --- | ---: | ---: | ---: | ---: |"];
+const graphsOf = { workerd: "dequant", web: "dequant", node: "dequant", "node-nbits": "nbits" };
+for (const [rt, r] of Object.entries(results)) {
+  const cell = (name, key, pick) => { const v = best(r.runs, name, key, pick); return Number.isFinite(v) ? (key === "ttftMs" ? Math.round(v) : v.toFixed(2)) : "-"; };
+  md.push(`| ${rt} | ${graphsOf[rt]} | ${cell("short", "ttftMs", Math.min)} | ${cell("short", "decodeTokPerS", Math.max)} | ${cell("long", "ttftMs", Math.min)} | ${cell("long", "decodeTokPerS", Math.max)} |`);
 }
+if (wd) {
+  md.push("", "| light step | TTFT (ms) | decode (tok/s) | JS heap + ArrayBuffers peak (MiB) | ort wasm (MiB) | codec wasm (MiB) | isolate peak (MiB / MB) | chunk (bytes/token) |");
+  md.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  for (const s of wd.steps)
+    md.push(`| ${s.promptTokens} + ${NEW} | ${Math.round(s.ttftMs)} | ${s.decodeTokPerS?.toFixed(2)} | ${s.memory.jsPeakMiB.toFixed(1)} (${s.memory.jsSamples} samples) | ${s.memory.ortWasmMiB.toFixed(1)} | ${s.memory.codecWasmMiB.toFixed(1)} | ${peak(s).toFixed(1)} / ${((peak(s) * 2 ** 20) / 1e6).toFixed(1)} | ${Math.round(s.kvBytes / s.chunkTokens)} |`);
+}
+md.push("", "summary/edge.json of this run:", "", "```json", JSON.stringify(summaryJson, null, 1), "```", "");
+writeFileSync(join(out, "README.md"), md.join("\n"));
+console.log(md.join("\n"));

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const { values: opt } = parseArgs({ options: { reps: { type: "string", default: "30" } } });
 const REPS = Number(opt.reps), K = 576, N = 1536;
-const BITS = { nbits: 5, "nbits-acc4": 5, "nbits-sym": 4.5, "nbits-b64": 4.5, "nbits-b128": 4.25, "nbits-b256": 4.125, "int8-dqmm": 8, "u8-mmint": 8.5, "u4-mmint": 5, "dql-u4": 5, "cast-u4": 5, f16: 16, f32: 32 };
+const BITS = { nbits: 5, "nbits-acc4": 5, "nbits-sym": 4.5, "nbits-b64": 4.5, "nbits-b128": 4.25, "nbits-b256": 4.125, "int8-dqmm": 8, "u8-mmint": 8.5, "u4-mmint": 5, "dql-u4": 5, "dequant": 5, f16: 16, f32: 32 };
 
 const dir = mkdtempSync(join(os.tmpdir(), "edge-op-forms-"));
 const forms = execFileSync(join(root, "gpu-backend/.venv/bin/python"), [join(root, "bench/edge_op_forms.py"), dir], { encoding: "utf8" }).trim().split(" ");

@@ -16,8 +16,8 @@ Forms and the bits each weight keeps resident:
   u4-mmint     the same from 4-bit packed bytes, unpacked per run with BitShift/Sub/Concat            5
   dql-u4       DequantizeLinear (opset 21) of uint4 [K, N] in blocks of 32 along K, zero point 8, then
                MatMul, + the same offset MatMul: the Q4_1 blocks exactly, dequantized by a plain op   5
-  cast-u4      uint4 [K, N] Cast to float32 per run, times d per block of 32 along K (broadcast Mul),
-               MatMul, + blocksum(x) . m: q4_1_linear_dequant, the Q4_1 blocks exactly                   5
+  dequant      the edge's form (q4_1_linear_dequant): uint4 [K, N] DequantizeLinear'd (no zero point) after
+               its input exists, MatMul, + blocksum(x) . m: the Q4_1 blocks exactly                    5
   f16          float16 weight, Cast to float32 per run, MatMul                                          16
   f32          float32 weight, MatMul (the speed bound)                                                 32
 Not exact forms of the GGUF weights beyond nbits/nbits-acc4: this measures kernel speed only.
@@ -120,7 +120,7 @@ def build(form: str, parts) -> onnx.ModelProto:
         off = (m.astype(np.float32) + 8 * d.astype(np.float32)).T.copy()  # [K/32, N]
         sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, K // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
         y = g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, g.init("w.off", off)])])
-    elif form == "cast-u4":
+    elif form == "dequant":
         y = q4_1_linear_dequant(g, x, "w", parts, K)
     elif form == "f16":
         y = g.node("MatMul", [x, g.node("Cast", [g.init("w", dense(*parts).T.astype(np.float16).copy())], to=TensorProto.FLOAT)])
@@ -131,12 +131,12 @@ def build(form: str, parts) -> onnx.ModelProto:
     g.nodes[-1].output[0] = "y"
     g.output("y", TensorProto.FLOAT, [1, "S", N])
     model = g.model(form)
-    if form in ("dql-u4", "cast-u4"):  # uint4 tensors are opset 21 (IR 10)  # blocked, 4-bit DequantizeLinear is opset 21 (IR 10)
+    if form in ("dql-u4", "dequant"):  # uint4 tensors are opset 21 (IR 10)  # blocked, 4-bit DequantizeLinear is opset 21 (IR 10)
         model.opset_import[0].version, model.ir_version = 21, 10
     return model
 
 
-FORMS = ["nbits", "nbits-acc4", "nbits-sym", "nbits-b64", "nbits-b128", "nbits-b256", "int8-dqmm", "u8-mmint", "u4-mmint", "dql-u4", "cast-u4", "f16", "f32"]
+FORMS = ["nbits", "nbits-acc4", "nbits-sym", "nbits-b64", "nbits-b128", "nbits-b256", "int8-dqmm", "u8-mmint", "u4-mmint", "dql-u4", "dequant", "f16", "f32"]
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

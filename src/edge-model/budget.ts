@@ -9,8 +9,8 @@
  *
  *   forward(S tokens) ≈ callMs + (S - 1) · tokenMs
  *
- * where callMs is one decode step (S = 1: ort-web's MatMulNBits dequantizes every weight on every
- * call, so the fixed cost dominates) and tokenMs the cost of each further prompt token in a prefill
+ * where callMs is one decode step (S = 1: every Linear dequantizes its whole weight on every call,
+ * so the fixed cost dominates) and tokenMs the cost of each further prompt token in a prefill
  * piece. Both are moving averages of what this isolate measured; a new isolate starts from
  * DEFAULT_RATES.
  */
