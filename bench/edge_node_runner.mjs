@@ -21,8 +21,21 @@ export const PREFILL_CHUNK = 64;
 // onnx-session.ts's INIT_MODEL (an Identity graph): loading it creates ort's heap before the weights arrive.
 const INIT_MODEL = new Uint8Array([8, 8, 58, 58, 10, 16, 10, 1, 120, 18, 1, 121, 34, 8, 73, 100, 101, 110, 116, 105, 116, 121, 18, 4, 105, 110, 105, 116, 90, 15, 10, 1, 120, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 98, 15, 10, 1, 121, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 66, 4, 10, 0, 16, 17]);
 
-/** Imports ort-web with its wasm memory and exports captured, and (exact) emscripten growth as ort-runtime.ts makes it. */
-async function importOrtWeb(exact) {
+// ort's `extra` options: constant folding stays off (ort-runtime.ts says why), whatever else is asked
+const sessionExtra = (extra = {}) => ({ ...extra, optimization: { disable_specified_optimizers: "ConstantFolding", ...extra.optimization } });
+
+/** ort-web session options as sessionOptions() in ort-runtime.ts gives them (`level`: graph optimization level). */
+export function webSessionOptions(level = "basic", extra = {}, externalData) {
+  return { executionProviders: ["wasm"], graphOptimizationLevel: level, enableCpuMemArena: false, enableMemPattern: false, ...(externalData && { externalData }), extra: sessionExtra(extra) };
+}
+
+/** onnxruntime-node session options of the peer: its own best level ("all"), the same graphs. */
+export function nodeSessionOptions(threads = 1, extra = {}) {
+  return { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", extra: sessionExtra(extra) };
+}
+
+/** Imports ort-web (1 thread) with its wasm memory and exports captured, and (exact) emscripten growth as ort-runtime.ts makes it. */
+export async function importOrtWeb(exact = false) {
   const ortWasm = { memory: null, exports: null };
   const original = WebAssembly.instantiate;
   let wanted = 0;
@@ -48,10 +61,9 @@ async function importOrtWeb(exact) {
 }
 
 /** `level`: ort-web's graph optimization level (workerd uses "basic", sessionOptions in ort-runtime.ts). */
-export async function loadNodeModel({ runtime, manifest: manifestPath, threads = 1, level = "basic", heap: heapOpts, extra: extraOpts = {}, prefillChunk = PREFILL_CHUNK, onSession }) {
+export async function loadNodeModel({ runtime, manifest: manifestPath, threads = 1, level = "basic", heap: heapOpts, extra = {}, prefillChunk = PREFILL_CHUNK, onSession }) {
   const web = runtime === "web" ? await importOrtWeb(!!heapOpts) : null;
   const ort = web?.ort ?? (await import(join(root, "node_modules/onnxruntime-node/dist/index.js"))).default;
-  const extra = { ...extraOpts, optimization: { disable_specified_optimizers: "ConstantFolding", ...extraOpts.optimization } };
   const manifest = JSON.parse(readFileSync(manifestPath, "utf8"));
   const dir = join(dirname(manifestPath), manifest.dir);
   const heapBytes = () => web?.ortWasm.memory?.buffer.byteLength ?? 0;
@@ -70,14 +82,10 @@ export async function loadNodeModel({ runtime, manifest: manifestPath, threads =
       const at = heapOpts?.staging === "wasm" ? heap.malloc(file.length) : 0;
       const data = at ? new Uint8Array(web.ortWasm.memory.buffer, at, file.length) : new Uint8Array(file);
       if (at) data.set(file);
-      sessions[s.name] = await ort.InferenceSession.create(readFileSync(graph), {
-        executionProviders: ["wasm"], graphOptimizationLevel: level, enableCpuMemArena: false, enableMemPattern: false,
-        externalData: [{ path: s.graph + ".data", data }], extra,
-      });
+      sessions[s.name] = await ort.InferenceSession.create(readFileSync(graph), webSessionOptions(level, extra, [{ path: s.graph + ".data", data }]));
       if (at) heap.free(at);
     } else {
-      // the native peer at its own best level ("all"): the graphs are the same, the rewrites are its own
-      sessions[s.name] = await ort.InferenceSession.create(graph, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", extra });
+      sessions[s.name] = await ort.InferenceSession.create(graph, nodeSessionOptions(threads, extra));
     }
     onSession?.(s.name, file.length, heapBytes());
   }

@@ -13,21 +13,23 @@ import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { importOrtWeb, nodeSessionOptions, webSessionOptions } from "./edge_node_runner.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const { values: opt } = parseArgs({ options: { reps: { type: "string", default: "30" } } });
 const REPS = Number(opt.reps), K = 576, N = 1536;
-const BITS = { nbits: 5, "nbits-acc4": 5, "nbits-sym": 4.5, "nbits-b64": 4.5, "nbits-b128": 4.25, "nbits-b256": 4.125, "int8-dqmm": 8, "u8-mmint": 8.5, "u4-mmint": 5, "dql-u4": 5, "dequant": 5, f16: 16, f32: 32 };
 
 const dir = mkdtempSync(join(os.tmpdir(), "edge-op-forms-"));
-const forms = execFileSync(join(root, "gpu-backend/.venv/bin/python"), [join(root, "bench/edge_op_forms.py"), dir], { encoding: "utf8" }).trim().split(" ");
+// form -> bits per weight resident, in the order bench/edge_op_forms.py lists them
+const BITS = JSON.parse(execFileSync(join(root, "gpu-backend/.venv/bin/python"), [join(root, "bench/edge_op_forms.py"), dir], { encoding: "utf8" }));
+const forms = Object.keys(BITS);
 
-const web = await import(join(root, "node_modules/onnxruntime-web/dist/ort.node.min.mjs")).then((m) => m.default ?? m);
-web.env.wasm.numThreads = 1;
+const { ort: web } = await importOrtWeb();
 const native = (await import(join(root, "node_modules/onnxruntime-node/dist/index.js"))).default;
+// the edge model's session options in each runtime (bench/edge_node_runner.mjs)
 const runtimes = {
-  "ort-web wasm": (ort, file) => ort.InferenceSession.create(readFileSync(file), { executionProviders: ["wasm"], graphOptimizationLevel: "basic", enableCpuMemArena: false, enableMemPattern: false, extra: { optimization: { disable_specified_optimizers: "ConstantFolding" } } }),
-  "ort-node": (ort, file) => ort.InferenceSession.create(file, { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: "all", extra: { optimization: { disable_specified_optimizers: "ConstantFolding" } } }),
+  "ort-web wasm": (ort, file) => ort.InferenceSession.create(readFileSync(file), webSessionOptions()),
+  "ort-node": (ort, file) => ort.InferenceSession.create(file, nodeSessionOptions()),
 };
 const ortOf = { "ort-web wasm": web, "ort-node": native };
 

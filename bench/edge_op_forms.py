@@ -24,6 +24,7 @@ Not exact forms of the GGUF weights beyond nbits/nbits-acc4: this measures kerne
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ from onnx import TensorProto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from edge_model.graph import Graph  # noqa: E402
-from edge_model.graph_layers import q4_1_linear_dequant, q4_1_linear_nbits  # noqa: E402
+from edge_model.graph_layers import q4_1_linear_dequant, q4_1_linear_nbits, uint4_init  # noqa: E402
+from edge_model.weights import unpack_q4  # noqa: E402
 
 K, N, BLOCK = 576, 1536, 32
 
@@ -46,8 +48,7 @@ def blocks(rng):
 
 
 def dense(packed, d, m) -> np.ndarray:
-    q = np.empty(packed.shape[:-1] + (BLOCK,), np.float32)
-    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
+    q = unpack_q4(packed).astype(np.float32)
     return (q * d.astype(np.float32)[..., None] + m.astype(np.float32)[..., None]).reshape(N, K)
 
 
@@ -56,9 +57,7 @@ def block_int8_linear(g: Graph, x: str, parts, packed_n: bool) -> str:
     activations quantized to int8 per block of 32 (scale sa = max|x_b| / 127)."""
     packed, d, m = parts
     nb = K // BLOCK
-    q = np.empty((N, nb, BLOCK), np.uint8)
-    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
-    qt = np.ascontiguousarray(q.transpose(1, 2, 0))  # [nb, 32, N]
+    qt = np.ascontiguousarray(unpack_q4(packed).transpose(1, 2, 0))  # [nb, 32, N]
     if packed_n:  # two N-neighbours per byte: the low nibble holds the even n
         p = g.init("w.p", (qt[..., 0::2] | (qt[..., 1::2] << 4)).astype(np.uint8))  # [nb, 32, N/2]
         four = g.const(np.array(4, np.uint8), np.uint8)
@@ -82,7 +81,7 @@ def block_int8_linear(g: Graph, x: str, parts, packed_n: bool) -> str:
 
 
 def build(form: str, parts) -> onnx.ModelProto:
-    g = Graph()
+    g = Graph(opset=21 if form in ("dql-u4", "dequant") else 17)  # uint4 tensors are opset 21
     x = g.input("x", TensorProto.FLOAT, [1, "S", K])
     packed, d, m = parts
     if form in ("nbits", "nbits-acc4"):
@@ -108,15 +107,10 @@ def build(form: str, parts) -> onnx.ModelProto:
     elif form in ("u8-mmint", "u4-mmint"):
         y = block_int8_linear(g, x, parts, packed_n=form == "u4-mmint")
     elif form == "dql-u4":
-        q = np.empty((N, K // BLOCK, BLOCK), np.uint8)
-        q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
-        qt = np.ascontiguousarray(q.reshape(N, K).T)  # [K, N]
-        flat = qt.reshape(-1)
-        g.inits.append(onnx.helper.make_tensor("w.q4", TensorProto.UINT4, [K, N], (flat[0::2] | (flat[1::2] << 4)).tobytes(), raw=True))
-        zp = np.full((K // BLOCK, N), 8, np.uint8).reshape(-1)
-        g.inits.append(onnx.helper.make_tensor("w.zp", TensorProto.UINT4, [K // BLOCK, N], (zp[0::2] | (zp[1::2] << 4)).tobytes(), raw=True))
+        qt = uint4_init(g, "w.q4", unpack_q4(packed).reshape(N, K).T)  # [K, N]
+        zp = uint4_init(g, "w.zp", np.full((K // BLOCK, N), 8, np.uint8))
         dt = g.node("Cast", [g.init("w.d", np.ascontiguousarray(d.T))], to=TensorProto.FLOAT)  # [K/32, N]
-        w = g.node("DequantizeLinear", ["w.q4", dt, "w.zp"], axis=0, block_size=BLOCK)
+        w = g.node("DequantizeLinear", [qt, dt, zp], axis=0, block_size=BLOCK)
         off = (m.astype(np.float32) + 8 * d.astype(np.float32)).T.copy()  # [K/32, N]
         sums = g.node("ReduceSum", [g.node("Reshape", [x, g.const([1, -1, K // BLOCK, BLOCK])]), g.const([-1])], keepdims=0)
         y = g.node("Add", [g.node("MatMul", [x, w]), g.node("MatMul", [sums, g.init("w.off", off)])])
@@ -130,20 +124,17 @@ def build(form: str, parts) -> onnx.ModelProto:
         raise ValueError(form)
     g.nodes[-1].output[0] = "y"
     g.output("y", TensorProto.FLOAT, [1, "S", N])
-    model = g.model(form)
-    if form in ("dql-u4", "dequant"):  # uint4 tensors are opset 21 (IR 10)  # blocked, 4-bit DequantizeLinear is opset 21 (IR 10)
-        model.opset_import[0].version, model.ir_version = 21, 10
-    return model
+    return g.model(form)
 
 
-FORMS = ["nbits", "nbits-acc4", "nbits-sym", "nbits-b64", "nbits-b128", "nbits-b256", "int8-dqmm", "u8-mmint", "u4-mmint", "dql-u4", "dequant", "f16", "f32"]
+# form -> bits per weight resident (the table above)
+FORMS = {"nbits": 5, "nbits-acc4": 5, "nbits-sym": 4.5, "nbits-b64": 4.5, "nbits-b128": 4.25, "nbits-b256": 4.125, "int8-dqmm": 8,
+         "u8-mmint": 8.5, "u4-mmint": 5, "dql-u4": 5, "dequant": 5, "f16": 16, "f32": 32}
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     parts = blocks(np.random.default_rng(0))
-    ref = dense(*parts)
-    np.save(out / "w.npy", ref)
     for form in FORMS:
         onnx.save(build(form, parts), out / f"{form}.onnx")
-    print(" ".join(FORMS))
+    print(json.dumps(FORMS))

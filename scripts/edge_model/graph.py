@@ -90,3 +90,9 @@ class Graph:
 
     def shape_dim(self, x: str, axis: int) -> str:
         return self.node("Gather", [self.node("Shape", [x]), self.const(axis)], axis=0)
+
+    def one_after(self, x: str, elem: int) -> str:
+        """A scalar 1 of type `elem` computed from x's shape: what is multiplied by it cannot run before
+        x exists. ort orders a graph's nodes by their inputs, so a dequantization that reads only
+        initializers may run long before its MatMul and keep its float32 weight alive meanwhile."""
+        return self.node("Cast", [self.node("Greater", [self.shape_dim(x, 0), self.const(0)])], to=elem)

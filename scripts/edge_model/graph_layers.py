@@ -12,7 +12,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from .graph import Graph
-from .weights import BLOCK, FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS
+from .weights import BLOCK, FFN, HEAD_DIM, HEADS, HIDDEN, KV_HEADS, unpack_q4
 
 
 def uint4_init(g: Graph, name: str, q: np.ndarray) -> str:
@@ -30,19 +30,17 @@ def q4_1_linear_dequant(g: Graph, x: str, name: str, parts, k: int, after: str |
     The 4-bit values stay resident as uint4 [K, N] and d, m as float16 (5 bits per weight). Per run
     DequantizeLinear (blocks of 32 along K, no zero point) writes d*q as a float32 temporary, then one
     float32 MatMul; the m term is blocksum(x) @ m, a K/32-deep MatMul. MatMulNBits keeps the same
-    bytes, but its wasm fallback dequantizes block by block at ~13 ns per weight, 3x slower
-    (bench/results/edge-op-forms-*). The scale is multiplied by a 1.0 computed from `after` (x, or
-    the output of the Linear that must finish first, for two Linears of one input): that makes the
-    dequantization wait, so ort runs it right before its MatMul; without it ort's order dequantizes
-    several Linears ahead and holds their float32 copies at once (+15 MiB per group run). Constant folding stays off (onnx-session.ts), which keeps the float32 copy a
-    temporary instead of 32 bits per weight resident.
+    bytes, but its wasm fallback dequantizes block by block, 3.5x slower per call
+    (bench/results/edge-op-forms-*). The scale is multiplied by Graph.one_after(`after`): x, or the
+    output of the Linear that must finish first when two Linears share an input, so that ort runs
+    the dequantization right before its MatMul; without it ort dequantized several Linears ahead and
+    held their float32 copies at once (+15 MiB per group run). Constant folding stays off
+    (onnx-session.ts), which keeps the float32 copy a temporary instead of 32 bits per weight resident.
     """
     packed, d16, m16 = parts
     n, nb = d16.shape
-    q = np.empty((n, nb, BLOCK), np.uint8)
-    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4  # MatMulNBits packing: even element low
-    qt = uint4_init(g, name + ".q", q.reshape(n, k).T)  # [K, N]
-    one = g.node("Cast", [g.node("Greater", [g.shape_dim(after or x, 2), g.const(0)])], to=TensorProto.FLOAT)  # 1.0, once `after` exists
+    qt = uint4_init(g, name + ".q", unpack_q4(packed).reshape(n, k).T)  # [K, N]
+    one = g.one_after(after or x, TensorProto.FLOAT)
     d = g.node("Mul", [g.node("Cast", [g.init(name + ".d", np.ascontiguousarray(d16.T))], to=TensorProto.FLOAT), one])  # [K/32, N]
     w = g.node("DequantizeLinear", [qt, d], axis=0, block_size=BLOCK)  # [K, N] float32
     m = g.node("Cast", [g.init(name + ".m", np.ascontiguousarray(m16.T))], to=TensorProto.FLOAT)  # [K/32, N]

@@ -54,10 +54,17 @@ def offsets(d: np.ndarray, m: np.ndarray) -> np.ndarray:
     return (m.astype(np.float32) + np.float32(8) * d.astype(np.float32)).astype(np.float32)
 
 
+def unpack_q4(packed: np.ndarray) -> np.ndarray:
+    """4-bit values two per byte (element 2j in the low nibble of byte j, 2j+1 in the high one: the
+    packing of MatMulNBits and of ONNX's uint4) -> uint8 values 0..15, twice as many along the last axis."""
+    q = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), np.uint8)
+    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
+    return q
+
+
 def nbits_dequant(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
     """MatMulNBits (zero point 8) blocks -> float32 rows; plus a per-block offset when given."""
-    q = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), np.float32)
-    q[..., 0::2], q[..., 1::2] = packed & 15, packed >> 4
+    q = unpack_q4(packed).astype(np.float32)
     w = (q - 8) * scale.astype(np.float32)[..., None]
     if offset is not None:
         w = w + offset[..., None]
