@@ -106,7 +106,8 @@ export default defineConfig({
     exclude: ["test/server/**", "**/node_modules/**"],
     // Timeouts catch hangs, not slowness: the longest tests run the real edge model and the CPU GPU
     // backend on 2 cores (44 s on this machine, and CI's machine has run the suite 1.3x slower), so
-    // a 60 s limit failed a passing test there. 180 s leaves room and still ends a hang.
+    // one test failed there under the 60 s limit (which one, its log did not say; the limit is the
+    // likeliest cause). 180 s leaves room and still ends a hang.
     testTimeout: 180_000,
     // Two files at a time: most of a file's time is spent waiting on another process (the CPU GPU
     // backend, the webhook receiver) or on retry timers, so two overlap well on CI's 2 cores.
